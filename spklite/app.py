@@ -1,0 +1,294 @@
+"""The Bottle app: every HTTP route, nothing else (SPEC 1).
+
+URLs are made here, per request, from the configured hostname/scheme or the
+request's own Host; the catalog and the index never hold URLs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from importlib import resources
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import bottle
+import yaml
+
+from spklite import __license__, __version__, synology
+from spklite.catalog import Catalog, Links, Query, encode
+from spklite.index import BLOB_DIR, Index, State
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json; charset=utf-8"
+NAS_PARAMS = ("arch", "build")
+DEFAULT_ICON = "spklite-default-icon.png"
+# Blob names are content hashes: safe to cache forever.
+BLOB_NAME = re.compile(r"^[0-9a-f]{16,64}\.(png|jpg|jpeg|gif)$")
+SAFE_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+MASKED_PARAMS = frozenset(("ds_sn",))
+MASKED_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization", "x-api-key"))
+
+
+def asset(name: str) -> bytes:
+    """A file bundled in spklite/web (works from a zipapp too)."""
+    return resources.files("spklite").joinpath("web", name).read_bytes()
+
+
+def load_models(path: str = "") -> List[Dict[str, Any]]:
+    text = open(path, encoding="utf-8").read() if path else resources.files("spklite").joinpath(
+        "models.yml").read_text(encoding="utf-8")
+    models = yaml.safe_load(text) or []
+    if not isinstance(models, list):
+        raise ValueError(f"{path or 'models.yml'}: expected a list of models")
+    return [m for m in models if isinstance(m, dict) and "model" in m]
+
+
+class Server:
+    """State shared by the routes: settings, the index, the catalog of its current state."""
+
+    def __init__(self, cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]] = None,
+                 watch_mode: Callable[[], str] = lambda: "off"):
+        self.cfg = cfg
+        self.index = index
+        self.catalog_settings = dict(cfg, keyrings=keyrings or [])
+        self.watch_mode = watch_mode
+        self.models = load_models(cfg.get("filesystem.models", ""))
+        self.default_icon = asset("default-icon.png")
+        self._catalog: Tuple[int, Catalog] = (-1, Catalog([], self.catalog_settings))
+        self._catalog_lock = threading.Lock()
+
+    def catalog(self) -> Tuple[State, Catalog]:
+        """The catalog of the current index state, built once per state."""
+        state = self.index.current
+        version, catalog = self._catalog
+        if version != state.version:
+            with self._catalog_lock:
+                version, catalog = self._catalog
+                if version != state.version:
+                    catalog = Catalog(state.records.values(), self.catalog_settings)
+                    self._catalog = (state.version, catalog)
+        return state, catalog
+
+    def links(self) -> Links:
+        env = bottle.request.environ
+        scheme = self.cfg["scheme"] or env.get("wsgi.url_scheme", "http")
+        host = self.cfg["hostname"] or request_host(env)
+        return Links(f"{scheme}://{host}", self.cfg["router.download"], self.cfg["router.static"], DEFAULT_ICON)
+
+
+def request_host(env: Mapping[str, str]) -> str:
+    """The Host the client used; X-Forwarded-* only count via waitress' trusted proxy."""
+    host = env.get("HTTP_HOST", "")
+    if SAFE_HOST.match(host):
+        return host
+    name, port = env.get("SERVER_NAME", "localhost"), env.get("SERVER_PORT", "80")
+    return name if port in ("80", "443") else f"{name}:{port}"
+
+
+def param_getter() -> Callable[[str], Optional[str]]:
+    """Read a parameter from the query string or the form body (DSM 3/4 POST)."""
+    req = bottle.request
+    try:
+        params = req.params
+    except bottle.HTTPError:  # a body too large to parse: the query string still counts
+        params = req.query
+    def get(name: str) -> Optional[str]:
+        value = params.getunicode(name)
+        return None if value is None else value[:256]
+    return get
+
+
+def json_response(value: Any, status: int = 200) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(encode(value), status=status, **{"Content-Type": JSON_TYPE})
+
+
+def error(status: int, message: str, **extra: Any) -> bottle.HTTPResponse:
+    return json_response({"error": message, **extra}, status)
+
+
+def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]] = None,
+             watch_mode: Callable[[], str] = lambda: "off") -> bottle.Bottle:
+    server = Server(cfg, index, keyrings, watch_mode)
+    app = bottle.Bottle(catchall=True)
+    download, static = cfg["router.download"], cfg["router.static"]
+
+    # -- the catalog ------------------------------------------------------------
+
+    def nas_answer(get: Callable[[str], Optional[str]]) -> bottle.HTTPResponse:
+        _, catalog = server.catalog()
+        query = Query.from_params(get)
+        debug = debug_info(get) if cfg["debug-package"] else None
+        return bottle.HTTPResponse(catalog.answer(query, server.links(), debug), **{"Content-Type": JSON_TYPE})
+
+    @app.route("/", method=["GET", "POST"])
+    def root() -> Any:
+        get = param_getter()
+        unique = get("unique") or ""
+        if any(get(p) is not None for p in NAS_PARAMS) or unique.startswith("synology"):
+            return nas_answer(get)
+        if "text/html" in bottle.request.headers.get("Accept", ""):
+            from spklite import page  # imported on first use: only people need it
+
+            return page.render(server, get)
+        return error(400, "this is a Synology package server: a catalog request needs the NAS "
+                     "parameters arch and build (also read: major, minor, language, unique, "
+                     "package_update_channel)", expected=["arch", "build", "major", "minor",
+                                                          "language", "unique", "package_update_channel"])
+
+    @app.get("/getList/v0/<major>/<minor>/<micro>/<build>/<nano>/<arch>/<channel>/<unique>/<language>")
+    def get_list(**parts: str) -> Any:
+        parts["package_update_channel"] = parts.pop("channel")
+        return nas_answer(parts.get)
+
+    def debug_info(get: Callable[[str], Optional[str]]) -> Dict[str, str]:
+        req = bottle.request
+        shown: Dict[str, str] = {}
+        for key in sorted(set(req.query.keys()) | set(_form_keys())):
+            shown[key] = "***" if key in MASKED_PARAMS else (get(key) or "")
+        for key, value in sorted(req.headers.items()):
+            shown["header " + key] = "***" if key.lower() in MASKED_HEADERS else value[:256]
+        shown["method"] = req.method
+        return shown
+
+    # -- files ------------------------------------------------------------------
+
+    @app.route(download + "/<path:path>", method=["GET", "HEAD"])
+    def download_file(path: str) -> Any:
+        record = server.index.current.records.get(path)
+        if record is None:
+            return error(404, "no such package file")
+        env = bottle.request.environ
+        if "HTTP_IF_NONE_MATCH" in env:  # RFC 9110 13.1.3: If-None-Match wins over If-Modified-Since
+            env.pop("HTTP_IF_MODIFIED_SINCE", None)
+        etag = '"%x-%x-%x"' % (record.inode, record.mtime_ns, record.size)
+        response = bottle.static_file(path, root=server.index.root, mimetype="application/octet-stream",
+                                      download=path.rsplit("/", 1)[-1], etag=etag)
+        return stream_range(response, os.path.join(server.index.root, path))
+
+    @app.route(static + "/<name>", method=["GET", "HEAD"])
+    def static_file(name: str) -> Any:
+        if name == DEFAULT_ICON:
+            bottle.response.set_header("Cache-Control", "public, max-age=86400")
+            bottle.response.content_type = "image/png"
+            return server.default_icon
+        if not BLOB_NAME.match(name):
+            return error(404, "no such file")
+        response = bottle.static_file(name, root=server.index.blob_dir)
+        response.set_header("Cache-Control", "public, max-age=31536000, immutable")
+        return response
+
+    # -- the JSON API -------------------------------------------------------------
+
+    def api(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def register(func: Callable[..., Any]) -> Callable[..., Any]:
+            app.route(path, method=["GET", "HEAD"], callback=func)
+            app.route(path, method="OPTIONS", callback=lambda **_: bottle.HTTPResponse(status=204))
+            return func
+        return register
+
+    @app.hook("after_request")
+    def cors() -> None:
+        if not bottle.request.path.startswith((download, static)):
+            bottle.response.set_header("Access-Control-Allow-Origin", "*")
+            if bottle.request.method == "OPTIONS":
+                bottle.response.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
+                bottle.response.set_header("Access-Control-Allow-Headers", "Content-Type")
+
+    @api("/about")
+    def about() -> Any:
+        return json_response({
+            "name": "spklite", "version": __version__, "license": __license__,
+            "description": "A small, fast Synology package server",
+            "download": download, "static": static,
+        })
+
+    @api("/health")
+    def health() -> Any:
+        state = server.index.current
+        body = {
+            "status": "ok", "packages": len(state.records), "rejected": len(state.rejected),
+            "watch": server.watch_mode(), "index_version": state.version,
+            "from_snapshot": server.index.stats["from_snapshot"], "parsed": server.index.stats["parsed"],
+            "md5_pending": len(server.index.pending_md5()),
+            "folder_available": os.path.isdir(server.index.root),
+        }
+        if server.index.cache_error:
+            body["cache_error"] = server.index.cache_error
+        return json_response(body)
+
+    @api("/v1/packages")
+    def packages() -> Any:
+        _, catalog = server.catalog()
+        q = bottle.request.query
+        latest = (q.getunicode("latest") or "").lower() in ("1", "true", "yes")
+        return json_response(catalog.files(
+            server.links(), platform=q.getunicode("arch") or "", name=q.getunicode("name") or "",
+            latest=latest, language=(q.getunicode("language") or "").lower()))
+
+    @api("/v1/packages/<name:path>")
+    def package(name: str) -> Any:
+        _, catalog = server.catalog()
+        language = (bottle.request.query.getunicode("language") or "").lower()
+        if name.lower().endswith(".spk"):
+            offers = [o for o in catalog.offers if o.record.path == name]
+            if not offers:
+                return error(404, f"no package file {name!r}")
+            return json_response(catalog.file_object(offers[0], server.links(), language))
+        found = [catalog.file_object(o, server.links(), language) for o in catalog.offers if o.package == name]
+        if not found:
+            return error(404, f"no package {name!r}")
+        return json_response(found)
+
+    @api("/v1/models")
+    def models() -> Any:
+        needle = (bottle.request.query.getunicode("name") or "").lower()
+        return json_response([m for m in server.models if needle in str(m["model"]).lower()])
+
+    @api("/v1/rejected")
+    def rejected() -> Any:
+        return json_response([{"file": r.path, "reason": r.reason} for r in server.index.current.rejected.values()])
+
+    # -- errors: JSON, never a traceback --------------------------------------------
+
+    for status in (400, 403, 404, 405, 413, 416, 500):
+        app.error(status)(lambda err, status=status: json_error_page(err, status))
+    return app
+
+
+def json_error_page(err: bottle.HTTPError, status: int) -> bytes:
+    if status == 500:
+        log.error("internal error: %s\n%s", err.exception, err.traceback)
+    bottle.response.content_type = JSON_TYPE
+    message = err.body if isinstance(err.body, str) and status != 500 else bottle.HTTP_CODES.get(status, "error")
+    return encode({"error": message})
+
+
+def _form_keys() -> List[str]:
+    try:
+        return list(bottle.request.forms.keys())
+    except bottle.HTTPError:
+        return []
+
+
+def stream_range(response: Any, path: str) -> Any:
+    """Serve a 206 range through waitress' file wrapper instead of a Python generator.
+
+    waitress sends a file wrapper from its event loop, from the file's current
+    position for Content-Length bytes, so no worker thread is held by the
+    transfer and there is no per-chunk Python work.
+    """
+    wrapper = bottle.request.environ.get("wsgi.file_wrapper")
+    if (getattr(response, "status_code", 0) != 206 or bottle.request.method == "HEAD"
+            or not getattr(wrapper, "__module__", "").startswith("waitress")):
+        return response
+    start = int(response.headers["Content-Range"].split()[1].split("-")[0])
+    fh = open(path, "rb")
+    fh.seek(start)
+    response.body.close()  # bottle's per-chunk generator, not started
+    response.body = fh
+    return response
+

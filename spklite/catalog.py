@@ -1,0 +1,348 @@
+"""A NAS request + an index state -> the Package Center answer (SPEC 1.2-1.5, 1.8).
+
+Pure: no I/O, no threads. Everything that does not depend on the request is
+computed once per index state (`Offer`); answers are memoised per request key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from urllib.parse import quote
+
+from spklite import synology
+
+TRUE_WORDS = frozenset(("yes", "true", "1", "on"))
+FALSE_WORDS = frozenset(("no", "false", "0", "off"))
+DEFAULT_FIELDS = ("maintainer", "maintainer_url", "distributor", "distributor_url", "support_url")
+OPTIONAL_BOOLS = ("silent_install", "silent_upgrade", "silent_uninstall")
+MEMO_SIZE = 512
+
+
+def truth(value: Optional[str]) -> Optional[bool]:
+    """True/False for a true-ish/false-ish INFO value, None otherwise."""
+    if value is None:
+        return None
+    word = value.strip().strip('"').lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    return None
+
+
+def is_beta(info: Mapping[str, str]) -> bool:
+    return bool(truth(info.get("beta"))) or bool(info.get("report_url", "").strip())
+
+
+def tokens(value: Optional[str]) -> Tuple[str, ...]:
+    return tuple(value.lower().split()) if value else ()
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One package file, with everything the catalog needs precomputed."""
+
+    record: Any  # index.Record
+    package: str
+    arch: Tuple[str, ...]
+    exclude_arch: Tuple[str, ...]
+    models: Tuple[str, ...]
+    exclude_models: Tuple[str, ...]
+    min_build: int
+    min_major: int
+    max_build: Optional[int]
+    beta: bool
+    version_key: tuple
+
+    @classmethod
+    def of(cls, record: Any) -> "Offer":
+        info = record.package.info
+        minimum = synology.parse_firmware(info.get("os_min_ver")) or synology.parse_firmware(
+            info.get("firmware")
+        )
+        maximum = synology.parse_firmware(info.get("os_max_ver"))
+        return cls(
+            record=record,
+            package=info["package"],
+            arch=tokens(info.get("arch")),
+            exclude_arch=tuple(synology.normalize_platform(t) for t in tokens(info.get("exclude_arch"))),
+            models=tokens(info.get("model")),
+            exclude_models=tokens(info.get("exclude_model")),
+            min_build=minimum.build if minimum else 0,
+            min_major=minimum.major if minimum else 0,
+            max_build=maximum.build if maximum else None,
+            beta=is_beta(info),
+            version_key=synology.version_key(info["version"]),
+        )
+
+    def accepts(self, query: "Query") -> int:
+        """0 when this file is not a candidate for the query, else its arch-match rank."""
+        rank = synology.arch_match(self.arch, query.platform)
+        if not rank or query.platform in self.exclude_arch:
+            return 0
+        if self.models and query.unique not in self.models:
+            return 0
+        if query.unique and query.unique in self.exclude_models:
+            return 0
+        build = query.build or 0
+        if self.min_build > build or (self.max_build is not None and build > self.max_build):
+            return 0
+        if (build >= synology.DSM7_BUILD) != (self.min_major >= 7):
+            return 0
+        if self.beta and not query.beta_channel:
+            return 0
+        return rank
+
+
+@dataclass(frozen=True)
+class Query:
+    """The parts of a NAS request that decide the answer."""
+
+    build: Optional[int]
+    platform: str
+    language: str
+    beta_channel: bool
+    unique: str
+
+    @classmethod
+    def from_params(cls, get: Callable[[str], Optional[str]]) -> "Query":
+        """Lenient parsing (SPEC 1.1/1.2): malformed values match less, never fail."""
+        build = _int(get("build"))
+        if build is None:
+            major, minor = _int(get("major")), _int(get("minor"))
+            if major is not None:
+                build = synology.first_build(major, minor)
+        return cls(
+            build=build,
+            platform=synology.normalize_platform(get("arch") or ""),
+            language=(get("language") or "").strip().lower(),
+            beta_channel=(get("package_update_channel") or "").strip().lower() == "beta",
+            unique=(get("unique") or "").strip().lower(),
+        )
+
+
+def _int(value: Optional[str]) -> Optional[int]:
+    value = (value or "").strip()
+    return int(value) if value.isdigit() and len(value) < 10 else None
+
+
+@dataclass(frozen=True)
+class Links:
+    """How URLs are formed for one answer: base URL and route prefixes."""
+
+    base: str  # "http://host:port"
+    download: str  # "/download"
+    static: str  # "/static"
+    default_icon: str  # blob name of the bundled default icon
+
+    def file(self, path: str) -> str:
+        return f"{self.base}{self.download}/{quote(path, safe='/')}"
+
+    def blob(self, name: str) -> str:
+        return f"{self.base}{self.static}/{quote(name)}"
+
+
+class Catalog:
+    """The answers for one index state. Thread-safe for readers (the memo is
+    a dict that only ever gains or loses whole entries)."""
+
+    def __init__(self, records: Iterable[Any], settings: Mapping[str, Any]):
+        self.offers = sorted(
+            (Offer.of(r) for r in records), key=lambda o: (o.package, o.record.path)
+        )
+        self.settings = settings
+        self.keyrings: List[str] = list(settings.get("keyrings", ()))
+        self.defaults: Dict[str, str] = {
+            field: settings.get("defaults." + field.replace("_", "-"), "") for field in DEFAULT_FIELDS
+        }
+        self.with_md5 = bool(settings.get("md5", True))
+        self.uses_models = any(o.models or o.exclude_models for o in self.offers)
+        self._memo: "OrderedDict[tuple, bytes]" = OrderedDict()
+
+    # -- the NAS answer --------------------------------------------------------
+
+    def answer(self, query: Query, links: Links, debug: Optional[Dict[str, str]] = None) -> bytes:
+        """The JSON body for a catalog request, memoised per (query, links)."""
+        if debug is not None:
+            return self._render(query, links, debug)
+        key = (query if self.uses_models else query.__class__(**{**query.__dict__, "unique": ""}), links)
+        body = self._memo.get(key)
+        if body is None:
+            body = self._render(query, links, None)
+            self._memo[key] = body
+            while len(self._memo) > MEMO_SIZE:
+                try:
+                    self._memo.popitem(last=False)
+                except KeyError:  # another thread trimmed it first
+                    break
+        return body
+
+    def _render(self, query: Query, links: Links, debug: Optional[Dict[str, str]]) -> bytes:
+        if query.build is None:
+            return encode({"packages": []})
+        dsm7 = query.build >= synology.DSM7_BUILD
+        entries = [self.entry(o, query.language, links, dsm7) for o in self.newest(query)]
+        if debug is not None:
+            entries.append(debug_entry(debug, links))
+        if query.build < synology.DICT_SHAPE_BUILD:
+            return encode(entries)
+        if dsm7:
+            return encode({"packages": entries})
+        return encode({"packages": entries, "keyrings": self.keyrings})
+
+    def newest(self, query: Query) -> List[Offer]:
+        """The newest candidate file of each package id, ordered by package id."""
+        best: Dict[str, Tuple[tuple, Offer]] = {}
+        for offer in self.offers:
+            rank = offer.accepts(query)
+            if not rank:
+                continue
+            # Larger is better; offers are sorted by path, so the first path wins ties.
+            score = (offer.version_key, offer.min_build, rank)
+            current = best.get(offer.package)
+            if current is None or score > current[0]:
+                best[offer.package] = (score, offer)
+        return [best[name][1] for name in sorted(best)]
+
+    # -- one entry (SPEC 1.5) ----------------------------------------------------
+
+    def entry(self, offer: Offer, language: str, links: Links, dsm7: bool) -> Dict[str, Any]:
+        record = offer.record
+        pkg = record.package
+        info = pkg.info
+        entry: Dict[str, Any] = {
+            "package": offer.package,
+            "version": info["version"],
+            "dname": info.get(f"displayname_{language}") or info.get("displayname") or offer.package,
+            "desc": info.get(f"description_{language}") or info.get("description") or "",
+            "link": links.file(record.path),
+            "size": record.size,
+        }
+        if self.with_md5 and record.md5:
+            entry["md5"] = record.md5
+        icons = [name for name in (pkg.icon, pkg.icon_256) if name]
+        entry["thumbnail"] = [links.blob(n) for n in icons] or [links.blob(links.default_icon)]
+        if pkg.icon_256:
+            entry["thumbnail_retina"] = [links.blob(pkg.icon_256)]
+        entry["snapshot"] = [links.blob(n) for n in pkg.screenshots]
+
+        startable = truth(info.get("startable")) is not False and truth(info.get("ctl_stop")) is not False
+        qinst = _flag(info, "qinst", not pkg.has_license and not pkg.install_wizard)
+        entry["qinst"] = qinst
+        entry["qupgrade"] = _flag(info, "qupgrade", not pkg.has_license and not pkg.upgrade_wizard)
+        entry["qstart"] = qstart = _flag(info, "qstart", qinst and startable)
+        entry["deppkgs"] = info.get("install_dep_packages")
+        entry["conflictpkgs"] = info.get("install_conflict_packages")
+        entry["depsers"] = info.get("install_dep_services")
+        entry["download_count"] = entry["recent_download_count"] = entry["price"] = 0
+        entry["start"] = qstart
+        if "startable" in info or "ctl_stop" in info:
+            entry["startable"] = "yes" if startable else "no"
+        for field in DEFAULT_FIELDS:
+            value = info.get(field) or self.defaults[field]
+            if value:
+                entry[field] = value
+        if info.get("changelog"):
+            entry["changelog"] = info["changelog"]
+        for field in OPTIONAL_BOOLS:
+            if field in info:
+                entry[field] = bool(truth(info[field]))
+        if "auto_upgrade_from" in info:
+            entry["auto_upgrade_from"] = info["auto_upgrade_from"]
+        if offer.beta and not dsm7:
+            # DSM 7 hides third-party packages flagged beta: serve them unflagged there.
+            entry["beta"] = True
+            if info.get("report_url"):
+                entry["report_url"] = info["report_url"]
+        return entry
+
+    # -- the /v1 API ------------------------------------------------------------
+
+    def files(
+        self,
+        links: Links,
+        *,
+        platform: str = "",
+        name: str = "",
+        latest: bool = False,
+        language: str = "",
+    ) -> List[Dict[str, Any]]:
+        """Every package file (SPEC 1.7 /v1/packages), filtered."""
+        platform = synology.normalize_platform(platform)
+        name = name.lower()
+        chosen = []
+        for offer in self.offers:
+            if platform and not synology.arch_match(offer.arch, platform):
+                continue
+            obj = self.file_object(offer, links, language)
+            if name and name not in offer.package.lower() and name not in obj["dname"].lower():
+                continue
+            chosen.append((offer, obj))
+        if latest:
+            newest: Dict[str, Tuple[Offer, Dict[str, Any]]] = {}
+            for offer, obj in chosen:
+                kept = newest.get(offer.package)
+                if kept is None or (offer.version_key, offer.min_build) > (
+                    kept[0].version_key,
+                    kept[0].min_build,
+                ):
+                    newest[offer.package] = (offer, obj)
+            chosen = [newest[p] for p in sorted(newest)]
+        return [obj for _, obj in chosen]
+
+    def file_object(self, offer: Offer, links: Links, language: str = "") -> Dict[str, Any]:
+        info = offer.record.package.info
+        obj = self.entry(offer, language, links, dsm7=True)
+        obj.update(
+            file=offer.record.path,
+            arch=info.get("arch", ""),
+            os_min_ver=info.get("os_min_ver") or info.get("firmware") or "",
+            os_max_ver=info.get("os_max_ver", ""),
+            beta=offer.beta,
+        )
+        if offer.beta and info.get("report_url"):
+            obj["report_url"] = info["report_url"]
+        return obj
+
+
+def _flag(info: Mapping[str, str], key: str, default: bool) -> bool:
+    value = truth(info.get(key))
+    return default if value is None else value
+
+
+def debug_entry(debug: Dict[str, str], links: Links) -> Dict[str, Any]:
+    """A pseudo-package that shows the operator what the NAS sent (SPEC 1.8)."""
+    lines = [f"{k}={v}" for k, v in debug.items()]
+    return {
+        "package": "spklite-debug",
+        "version": "0.0-0",
+        "dname": "spklite debug",
+        "desc": "What this NAS sent:<br>" + "<br>".join(_html_escape(line) for line in lines),
+        "link": "",
+        "size": 0,
+        "thumbnail": [links.blob(links.default_icon)],
+        "snapshot": [],
+        "qinst": False,
+        "qupgrade": False,
+        "qstart": False,
+        "deppkgs": None,
+        "conflictpkgs": None,
+        "depsers": None,
+        "download_count": 0,
+        "recent_download_count": 0,
+        "price": 0,
+        "start": False,
+        "maintainer": "spklite",
+    }
+
+
+def _html_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def encode(value: Any) -> bytes:
+    """Strict, ASCII-only JSON (DSM's parser rejects the whole source on one bad escape)."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")

@@ -1,0 +1,386 @@
+"""The packages folder as an index: {relative path: Record}, persisted as a JSON snapshot.
+
+`Index.current` is an immutable `State` replaced as a whole; request threads
+only read it, so they never wait for the indexer. All writers go through one
+lock. The packages folder is only ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import IO, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+from spklite import __version__, spk
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_SCHEMA = 1
+SNAPSHOT_NAME = "index.json"
+BLOB_DIR = "blobs"
+IGNORED_SUFFIXES = (".part", ".tmp", "~", ".partial", ".crdownload")
+Signature = Tuple[int, int, int]  # size, mtime_ns, inode
+
+
+@dataclass(frozen=True)
+class Record:
+    """One valid package file."""
+
+    path: str  # relative to the packages folder, "/"-separated
+    size: int
+    mtime_ns: int
+    inode: int
+    package: spk.Package
+    md5: Optional[str] = None
+
+    @property
+    def signature(self) -> Signature:
+        return (self.size, self.mtime_ns, self.inode)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "inode": self.inode,
+            "md5": self.md5,
+            "package": self.package.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, path: str, data: Mapping[str, Any]) -> "Record":
+        return cls(
+            path=path,
+            size=int(data["size"]),
+            mtime_ns=int(data["mtime_ns"]),
+            inode=int(data["inode"]),
+            md5=data.get("md5"),
+            package=spk.Package.from_json(data["package"]),
+        )
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A .spk file that is not a valid package, and why."""
+
+    path: str
+    reason: str
+    signature: Signature
+
+    def to_json(self) -> Dict[str, Any]:
+        size, mtime_ns, inode = self.signature
+        return {"reason": self.reason, "size": size, "mtime_ns": mtime_ns, "inode": inode}
+
+
+@dataclass(frozen=True)
+class State:
+    """An immutable view of the folder. `version` grows with every change."""
+
+    version: int = 0
+    records: Mapping[str, Record] = field(default_factory=dict)
+    rejected: Mapping[str, Rejected] = field(default_factory=dict)
+
+
+def is_candidate_name(name: str) -> bool:
+    """A file name the index looks at: visible, complete, ending in .spk."""
+    lower = name.lower()
+    return (
+        not name.startswith(".")
+        and lower.endswith(".spk")
+        and not lower.endswith(IGNORED_SUFFIXES)
+    )
+
+
+def signature_of(st: os.stat_result) -> Signature:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class Index:
+    """Owns the current State of one packages folder and keeps it true."""
+
+    def __init__(
+        self,
+        packages_dir: str,
+        cache_dir: str,
+        *,
+        follow_symlinks: bool = False,
+        md5: bool = True,
+    ):
+        self.root = os.path.abspath(packages_dir)
+        self.cache_dir = os.path.abspath(cache_dir)
+        self.blob_dir = os.path.join(self.cache_dir, BLOB_DIR)
+        self.snapshot_path = os.path.join(self.cache_dir, SNAPSHOT_NAME)
+        self.follow_symlinks = follow_symlinks
+        self.md5 = md5
+        self.current = State()
+        self.stats = {"from_snapshot": 0, "parsed": 0}
+        self.cache_error: Optional[str] = None
+        self._lock = threading.RLock()
+        self._dirty = False
+
+    # -- reading the folder ---------------------------------------------------
+
+    def walk(self) -> Iterator[Tuple[str, str]]:
+        """(relative path, absolute path) of every candidate file under the root."""
+        seen_dirs = set()
+        for top, dirs, files in os.walk(self.root, followlinks=self.follow_symlinks):
+            real = os.path.realpath(top)
+            if real in seen_dirs or real == self.cache_dir:  # symlink loops, a cache inside
+                dirs[:] = []
+                continue
+            seen_dirs.add(real)
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if is_candidate_name(name):
+                    full = os.path.join(top, name)
+                    yield os.path.relpath(full, self.root).replace(os.sep, "/"), full
+
+    def _outside(self, full: str) -> bool:
+        real = os.path.realpath(full)
+        return not real.startswith(os.path.realpath(self.root) + os.sep)
+
+    def examine(self, rel: str, previous: State) -> Optional[Any]:
+        """The Record or Rejected for one path now, or None when it is gone or ignored.
+
+        Reuses the previous entry when the stat signature is unchanged.
+        """
+        full = os.path.join(self.root, rel)
+        try:
+            st = os.stat(full)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        sig = signature_of(st)
+        old = previous.records.get(rel) or previous.rejected.get(rel)
+        if old is not None and old.signature == sig:
+            return old
+        if not self.follow_symlinks and os.path.islink(full) and self._outside(full):
+            return Rejected(rel, "symbolic link to a file outside the packages folder "
+                            "(set follow-symlinks to allow it)", sig)
+        try:
+            package = spk.read_spk(full, store=self.store_blob)
+        except spk.SpkError as exc:
+            return Rejected(rel, str(exc), sig)
+        self.stats["parsed"] += 1
+        # A file that changed while it was read is looked at again on its next event.
+        return Record(rel, st.st_size, st.st_mtime_ns, st.st_ino, package)
+
+    def store_blob(self, data: bytes, suffix: str) -> str:
+        """Keep an icon or screenshot in the cache under its content hash."""
+        name = spk.blob_name(data, suffix)
+        target = os.path.join(self.blob_dir, name)
+        if not os.path.exists(target):
+            try:
+                os.makedirs(self.blob_dir, exist_ok=True)
+                atomic_write(target, data)
+            except OSError as exc:
+                self._cache_failed(exc)
+        return name
+
+    def _cache_failed(self, exc: OSError) -> None:
+        if self.cache_error is None:
+            log.warning("cache folder %s is not writable (%s): serving from memory", self.cache_dir, exc)
+        self.cache_error = f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or self.cache_dir}"
+
+    # -- changing the state -----------------------------------------------------
+
+    def scan(self, progress: Optional[IO[str]] = None) -> State:
+        """Reconcile the whole folder with the current state."""
+        with self._lock:
+            previous = self.current
+            if not os.path.isdir(self.root):
+                if previous.records or previous.rejected:
+                    log.warning("packages folder %s is not available", self.root)
+                return self._publish({}, {}, previous)
+            paths = [rel for rel, _ in self.walk()]
+            records: Dict[str, Record] = {}
+            rejected: Dict[str, Rejected] = {}
+            for n, rel in enumerate(paths, 1):
+                self._sort_into(rel, self.examine(rel, previous), records, rejected)
+                if progress is not None and (n % 50 == 0 or n == len(paths)):
+                    progress.write(f"\rindexing {n}/{len(paths)}")
+                    progress.flush()
+            if progress is not None and paths:
+                progress.write("\n")
+            return self._publish(records, rejected, previous)
+
+    def update(self, rels: Iterable[str]) -> State:
+        """Look again at some paths (from the watcher)."""
+        with self._lock:
+            previous = self.current
+            records = dict(previous.records)
+            rejected = dict(previous.rejected)
+            for rel in rels:
+                records.pop(rel, None)
+                rejected.pop(rel, None)
+                if is_candidate_name(rel.rsplit("/", 1)[-1]):
+                    self._sort_into(rel, self.examine(rel, previous), records, rejected)
+            return self._publish(records, rejected, previous)
+
+    def remove_tree(self, prefix: str) -> State:
+        """Forget every path at or under a relative folder (moved out, deleted)."""
+        with self._lock:
+            previous = self.current
+            keep = lambda p: not (p == prefix or p.startswith(prefix + "/"))  # noqa: E731
+            records = {p: r for p, r in previous.records.items() if keep(p)}
+            rejected = {p: r for p, r in previous.rejected.items() if keep(p)}
+            return self._publish(records, rejected, previous)
+
+    @staticmethod
+    def _sort_into(rel: str, found: Any, records: Dict[str, Record], rejected: Dict[str, Rejected]) -> None:
+        if isinstance(found, Record):
+            records[rel] = found
+        elif isinstance(found, Rejected):
+            rejected[rel] = found
+
+    def _publish(self, records: Dict[str, Record], rejected: Dict[str, Rejected], previous: State) -> State:
+        if records == previous.records and rejected == previous.rejected:
+            return previous
+        self.current = State(previous.version + 1, dict(sorted(records.items())), dict(sorted(rejected.items())))
+        self._dirty = True
+        return self.current
+
+    # -- md5, off the request path ------------------------------------------------
+
+    def pending_md5(self) -> List[Record]:
+        return [r for r in self.current.records.values() if r.md5 is None] if self.md5 else []
+
+    def fill_md5(self, record: Record, stop: Optional[threading.Event] = None) -> bool:
+        """Hash one file and publish its md5, if the file is still that version."""
+        full = os.path.join(self.root, record.path)
+        digest = hashlib.md5()
+        try:
+            with open(full, "rb") as fh:
+                while True:
+                    if stop is not None and stop.is_set():
+                        return False
+                    chunk = fh.read(1 << 20)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                st = os.fstat(fh.fileno())
+        except OSError:
+            return False
+        with self._lock:
+            previous = self.current
+            now = previous.records.get(record.path)
+            if now is None or now.signature != record.signature or signature_of(st) != record.signature:
+                return False
+            records = dict(previous.records)
+            records[record.path] = replace(now, md5=digest.hexdigest())
+            self.current = State(previous.version + 1, records, previous.rejected)
+            self._dirty = True
+            return True
+
+    # -- the snapshot -------------------------------------------------------------
+
+    def load_snapshot(self) -> bool:
+        """Start from the saved snapshot when it is ours; False when it was not usable."""
+        try:
+            with open(self.snapshot_path, "rb") as fh:
+                data = json.load(fh)
+            if data.get("schema") != SNAPSHOT_SCHEMA:
+                raise ValueError(f"schema {data.get('schema')!r}, expected {SNAPSHOT_SCHEMA}")
+            if data.get("folder") != self.root:
+                raise ValueError(f"made for folder {data.get('folder')!r}")
+            records = {p: Record.from_json(p, d) for p, d in data["files"].items()}
+            rejected = {
+                p: Rejected(p, d["reason"], (int(d["size"]), int(d["mtime_ns"]), int(d["inode"])))
+                for p, d in data["rejected"].items()
+            }
+        except FileNotFoundError:
+            return False
+        except Exception as exc:  # any damage means: rebuild
+            log.warning("ignoring snapshot %s: %s", self.snapshot_path, exc)
+            return False
+        with self._lock:
+            self.current = State(self.current.version + 1, records, rejected)
+            self.stats["from_snapshot"] = len(records) + len(rejected)
+        return True
+
+    def save_snapshot(self, force: bool = False) -> bool:
+        """Write the snapshot atomically when something changed since the last write."""
+        with self._lock:
+            if not (self._dirty or force):
+                return False
+            state = self.current
+            self._dirty = False
+        data = {
+            "schema": SNAPSHOT_SCHEMA,
+            "spklite": __version__,
+            "folder": self.root,
+            "written": time.time(),
+            "files": {p: r.to_json() for p, r in state.records.items()},
+            "rejected": {p: r.to_json() for p, r in state.rejected.items()},
+        }
+        try:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            atomic_write(self.snapshot_path, json.dumps(data, separators=(",", ":")).encode())
+        except OSError as exc:
+            self._dirty = True
+            self._cache_failed(exc)
+            return False
+        self.cache_error = None
+        return True
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Old or new content at every instant: temp file, fsync, rename, fsync the folder."""
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def open_index(cfg: Mapping[str, Any]) -> Index:
+    return Index(
+        cfg["filesystem.packages"],
+        cfg["filesystem.cache"],
+        follow_symlinks=cfg["follow-symlinks"],
+        md5=cfg["md5"],
+    )
+
+
+def scan_command(cfg: Mapping[str, Any], out: IO[str]) -> int:
+    """`spklite scan`: refresh the snapshot and print a summary."""
+    index = open_index(cfg)
+    index.load_snapshot()
+    started = time.monotonic()
+    state = index.scan(progress=sys.stderr if sys.stderr.isatty() else None)
+    for record in index.pending_md5():
+        index.fill_md5(record)
+    index.save_snapshot(force=True)
+    state = index.current
+    out.write(
+        f"{len(state.records)} packages, {len(state.rejected)} rejected in {index.root} "
+        f"({index.stats['from_snapshot']} from snapshot, {index.stats['parsed']} parsed, "
+        f"{time.monotonic() - started:.2f} s)\n"
+    )
+    for rel, rejected in state.rejected.items():
+        out.write(f"rejected: {rel}: {rejected.reason}\n")
+    if index.cache_error:
+        out.write(f"warning: snapshot not written: {index.cache_error}\n")
+    return 0

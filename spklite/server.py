@@ -1,0 +1,131 @@
+"""Run it: index + watcher + waitress, background upkeep, clean shutdown (SPEC 3.4)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import waitress
+
+from spklite import __version__, config, watch
+from spklite.app import make_app
+from spklite.index import Index, open_index
+
+log = logging.getLogger("spklite")
+access_log = logging.getLogger("spklite.access")
+
+SNAPSHOT_EVERY = 5.0  # seconds between snapshot writes at most: flash wears out
+MASK_SERIAL = re.compile(r"(?i)(ds_sn=)[^&]*")
+
+
+def access_logged(app: Callable[..., Any]) -> Callable[..., Any]:
+    """WSGI middleware: one log line per request, the NAS serial number masked."""
+
+    def logged(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list, exc_info: Any = None) -> Any:
+            query = MASK_SERIAL.sub(r"\1***", environ.get("QUERY_STRING", ""))
+            access_log.info(
+                '%s "%s %s%s" %s',
+                environ.get("REMOTE_ADDR", "-"),
+                environ.get("REQUEST_METHOD", "-"),
+                environ.get("PATH_INFO", ""),
+                "?" + query if query else "",
+                status.split(" ", 1)[0],
+            )
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return logged
+
+
+class Upkeep(threading.Thread):
+    """md5 of new files and throttled snapshot writes, off the request path."""
+
+    def __init__(self, index: Index):
+        super().__init__(name="spklite-upkeep", daemon=True)
+        self.index = index
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+
+    def run(self) -> None:
+        last_save = 0.0
+        while not self.stop.is_set():
+            for record in self.index.pending_md5():
+                if self.stop.is_set():
+                    break
+                self.index.fill_md5(record, self.stop)
+                if time.monotonic() - last_save > SNAPSHOT_EVERY:
+                    self.index.save_snapshot()
+                    last_save = time.monotonic()
+            if time.monotonic() - last_save > SNAPSHOT_EVERY:
+                self.index.save_snapshot()
+                last_save = time.monotonic()
+            self.wake.wait(1.0)
+            self.wake.clear()
+
+
+def waitress_options(cfg: Mapping[str, Any]) -> dict:
+    options = {
+        "host": cfg["host"],
+        "port": cfg["port"],
+        "threads": cfg["server.threads"],
+        "connection_limit": cfg["server.connection-limit"],
+        "channel_timeout": int(cfg["server.channel-timeout"]),
+        "max_request_body_size": cfg["server.max-request-body-size"],
+        "max_request_header_size": cfg["server.max-request-header-size"],
+        "ident": "spklite",
+        "clear_untrusted_proxy_headers": True,
+    }
+    if cfg["server.trusted-proxy"]:
+        options.update(
+            trusted_proxy=cfg["server.trusted-proxy"],
+            trusted_proxy_count=cfg["server.trusted-proxy-count"],
+            trusted_proxy_headers=set(cfg["server.trusted-proxy-headers"]),
+        )
+    return options
+
+
+def serve(cfg: Mapping[str, Any]) -> int:
+    keyrings = config.keyring_texts(cfg)
+    index = open_index(cfg)
+    started = time.monotonic()
+    index.load_snapshot()
+    # The watch is set before the scan, so nothing that happens during the scan is missed.
+    watcher = watch.start(index, cfg["watch"], cfg["poll-interval"])
+    state = index.scan()
+    log.info(
+        "spklite %s: %d packages, %d rejected in %s (%d from snapshot, %d parsed, %.2f s), watch: %s",
+        __version__, len(state.records), len(state.rejected), index.root,
+        index.stats["from_snapshot"], index.stats["parsed"], time.monotonic() - started, watcher.mode,
+    )
+    upkeep = Upkeep(index)
+    upkeep.start()
+    app = make_app(cfg, index, keyrings, watch_mode=lambda: watcher.mode)
+    try:
+        server = waitress.create_server(access_logged(app), **waitress_options(cfg))
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", cfg["host"], cfg["port"], exc.strerror or exc)
+        watcher.stop()
+        return 1
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("serving on http://%s:%s/", cfg["host"], server.effective_port)  # type: ignore[union-attr]
+    try:
+        server.run()
+    finally:
+        watcher.stop()
+        upkeep.stop.set()
+        upkeep.join(timeout=5)
+        index.save_snapshot()
+        log.info("stopped")
+    return 0

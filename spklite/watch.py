@@ -1,0 +1,228 @@
+"""Keep the index true while the server runs: inotify, or a stat poll (SPEC 3.3).
+
+One thread. inotify reports close-after-write, moves and deletions (never
+opens or reads: spklite reads its own files); overflow, a vanished or
+replaced folder or a watch limit lead to a full re-scan, never a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from typing import Dict, Optional, Set
+
+from spklite.index import Index
+
+log = logging.getLogger(__name__)
+
+SETTLE_MS = 50  # gather the burst of events a copy or a move makes
+IDENTITY_CHECK = 2.0  # seconds between checks that the folder is still the one watched
+
+
+class Watcher:
+    """Does nothing: `--watch off` indexes at start-up only."""
+
+    mode = "off"
+
+    def stop(self) -> None:
+        pass
+
+
+class _Thread(Watcher):
+    def __init__(self, index: Index):
+        self.index = index
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run_safely, name=f"spklite-{self.mode}", daemon=True)
+
+    def start(self) -> "_Thread":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run_safely(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run()
+            except Exception:  # the watcher must outlive any surprise
+                log.exception("watcher failed; re-scanning in a second")
+                self._stop.wait(1.0)
+                self._rescan()
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def _rescan(self) -> None:
+        try:
+            self.index.scan()
+        except Exception:
+            log.exception("re-scan failed")
+
+
+class Poller(_Thread):
+    """Stat the tree every interval (network mounts, non-Linux, --watch poll)."""
+
+    mode = "poll"
+
+    def __init__(self, index: Index, interval: float):
+        self.interval = max(0.1, interval)
+        super().__init__(index)
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.index.scan()
+
+
+class Inotify(_Thread):
+    """inotify on the folder and every subfolder."""
+
+    mode = "inotify"
+
+    def __init__(self, index: Index, interval: float):
+        import inotify_simple  # Linux only; start() falls back to polling without it
+
+        self.flags = inotify_simple.flags
+        self.inotify = inotify_simple.INotify()
+        self.file_mask = (
+            self.flags.CLOSE_WRITE | self.flags.MOVED_TO | self.flags.MOVED_FROM | self.flags.DELETE
+            | self.flags.CREATE | self.flags.DELETE_SELF | self.flags.MOVE_SELF | self.flags.ONLYDIR
+        )
+        self.folders: Dict[int, str] = {}  # watch descriptor -> relative folder ("" = root)
+        self.root_identity: Optional[tuple] = None
+        self.poll_interval = interval
+        self.fallback: Optional[Poller] = None
+        super().__init__(index)
+        self.watch_all()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.fallback:
+            self.fallback.stop()
+        self.inotify.close()
+
+    # -- watches ----------------------------------------------------------------
+
+    def watch_all(self) -> bool:
+        """(Re)watch the root and every folder below it; False when the root is missing."""
+        for wd in list(self.folders):
+            self._unwatch(wd)
+        try:
+            st = os.stat(self.index.root)
+        except OSError:
+            self.root_identity = None
+            return False
+        self.root_identity = (st.st_dev, st.st_ino)
+        return self.watch_tree("")
+
+    def watch_tree(self, rel: str) -> bool:
+        full = os.path.join(self.index.root, rel)
+        for top, dirs, _ in os.walk(full, followlinks=self.index.follow_symlinks):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if os.path.realpath(top) == self.index.cache_dir:
+                dirs[:] = []
+                continue
+            folder = os.path.relpath(top, self.index.root).replace(os.sep, "/")
+            try:
+                wd = self.inotify.add_watch(top, self.file_mask)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    self._watch_limit()
+                    return False
+                continue  # vanished meanwhile, or unreadable: the scan reports it
+            self.folders[wd] = "" if folder == "." else folder
+        return True
+
+    def _unwatch(self, wd: int) -> None:
+        self.folders.pop(wd, None)
+        try:
+            self.inotify.rm_watch(wd)
+        except OSError:
+            pass
+
+    def _watch_limit(self) -> None:
+        if self.fallback is None:
+            log.warning("inotify watch limit reached (fs.inotify.max_user_watches): polling instead")
+            self.mode = "poll"
+            self.fallback = Poller(self.index, self.poll_interval).start()
+
+    # -- events -----------------------------------------------------------------
+
+    def run(self) -> None:
+        last_check = time.monotonic()
+        while not self._stop.is_set():
+            events = self.inotify.read(timeout=500, read_delay=SETTLE_MS)
+            if events:
+                self.handle(events)
+            if time.monotonic() - last_check > IDENTITY_CHECK:
+                last_check = time.monotonic()
+                self.check_root()
+
+    def handle(self, events: list) -> None:
+        f = self.flags
+        changed: Set[str] = set()
+        rescan = False
+        for event in events:
+            if event.mask & f.Q_OVERFLOW:
+                log.warning("inotify queue overflow: re-scanning")
+                rescan = True
+                continue
+            folder = self.folders.get(event.wd)
+            if folder is None:
+                continue
+            if event.mask & (f.DELETE_SELF | f.MOVE_SELF | f.UNMOUNT | f.IGNORED):
+                if folder == "":
+                    log.warning("packages folder %s vanished or moved", self.index.root)
+                    rescan = True
+                else:
+                    self._unwatch(event.wd)
+                continue
+            rel = f"{folder}/{event.name}" if folder else event.name
+            if event.mask & f.ISDIR:
+                if event.mask & (f.CREATE | f.MOVED_TO) and not event.name.startswith("."):
+                    self.watch_tree(rel)
+                    changed.update(p for p, _ in self.index.walk() if p.startswith(rel + "/"))
+                elif event.mask & (f.DELETE | f.MOVED_FROM):
+                    for wd, name in list(self.folders.items()):
+                        if name == rel or name.startswith(rel + "/"):
+                            self._unwatch(wd)
+                    self.index.remove_tree(rel)
+                continue
+            if event.mask & (f.CLOSE_WRITE | f.MOVED_TO | f.MOVED_FROM | f.DELETE):
+                changed.add(rel)
+        if rescan:
+            self.check_root(force=True)
+        elif changed:
+            self.index.update(sorted(changed))
+
+    def check_root(self, force: bool = False) -> None:
+        """Re-watch and re-scan when the folder vanished, came back or was replaced."""
+        try:
+            st = os.stat(self.index.root)
+            identity: Optional[tuple] = (st.st_dev, st.st_ino)
+        except OSError:
+            identity = None
+        if force or identity != self.root_identity:
+            if identity is not None:
+                log.info("watching %s again", self.index.root)
+            self.watch_all()
+            self._rescan()
+
+
+def start(index: Index, mode: str, poll_interval: float) -> Watcher:
+    """Start watching in the given mode (auto: inotify where it works, else polling)."""
+    if mode == "off":
+        return Watcher()
+    if mode in ("auto", "inotify"):
+        try:
+            return Inotify(index, poll_interval).start()
+        except (ImportError, OSError) as exc:
+            if mode == "inotify":
+                log.warning("inotify is not available (%s): polling instead", exc)
+            else:
+                log.info("inotify is not available (%s): polling", exc)
+    return Poller(index, poll_interval).start()
