@@ -253,32 +253,50 @@ class Index:
     def pending_md5(self) -> List[Record]:
         return [r for r in self.current.records.values() if r.md5 is None] if self.md5 else []
 
-    def fill_md5(self, record: Record, stop: Optional[threading.Event] = None) -> bool:
-        """Hash one file and publish its md5, if the file is still that version."""
-        full = os.path.join(self.root, record.path)
+    def fill_md5(self, records: Iterable[Record], stop: Optional[threading.Event] = None,
+                 publish_every: float = 0.5) -> int:
+        """Hash files and publish their md5s (in batches: each publication is a new state)."""
+        done: Dict[str, Tuple[Record, str]] = {}
+        last = time.monotonic()
+        count = 0
+        for record in records:
+            if stop is not None and stop.is_set():
+                break
+            digest = self._md5_of(record, stop)
+            if digest:
+                done[record.path] = (record, digest)
+            if done and time.monotonic() - last >= publish_every:
+                count += self._publish_md5(done)
+                done, last = {}, time.monotonic()
+        return count + self._publish_md5(done)
+
+    def _md5_of(self, record: Record, stop: Optional[threading.Event]) -> Optional[str]:
         digest = hashlib.md5()
         try:
-            with open(full, "rb") as fh:
-                while True:
+            with open(os.path.join(self.root, record.path), "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
                     if stop is not None and stop.is_set():
-                        return False
-                    chunk = fh.read(1 << 20)
-                    if not chunk:
-                        break
+                        return None
                     digest.update(chunk)
-                st = os.fstat(fh.fileno())
+                if signature_of(os.fstat(fh.fileno())) != record.signature:
+                    return None  # changed meanwhile: its new version gets its own turn
         except OSError:
-            return False
+            return None
+        return digest.hexdigest()
+
+    def _publish_md5(self, done: Mapping[str, Tuple[Record, str]]) -> int:
         with self._lock:
             previous = self.current
-            now = previous.records.get(record.path)
-            if now is None or now.signature != record.signature or signature_of(st) != record.signature:
-                return False
             records = dict(previous.records)
-            records[record.path] = replace(now, md5=digest.hexdigest())
-            self.current = State(previous.version + 1, records, previous.rejected)
-            self._dirty = True
-            return True
+            count = 0
+            for path, (record, digest) in done.items():
+                if records.get(path) == record:
+                    records[path] = replace(record, md5=digest)
+                    count += 1
+            if count:
+                self.current = State(previous.version + 1, records, previous.rejected)
+                self._dirty = True
+            return count
 
     # -- the snapshot -------------------------------------------------------------
 
@@ -370,8 +388,7 @@ def scan_command(cfg: Mapping[str, Any], out: IO[str]) -> int:
     index.load_snapshot()
     started = time.monotonic()
     state = index.scan(progress=sys.stderr if sys.stderr.isatty() else None)
-    for record in index.pending_md5():
-        index.fill_md5(record)
+    index.fill_md5(index.pending_md5())
     index.save_snapshot(force=True)
     state = index.current
     out.write(

@@ -50,23 +50,12 @@ class Upkeep(threading.Thread):
         super().__init__(name="spklite-upkeep", daemon=True)
         self.index = index
         self.stop = threading.Event()
-        self.wake = threading.Event()
 
     def run(self) -> None:
-        last_save = 0.0
         while not self.stop.is_set():
-            for record in self.index.pending_md5():
-                if self.stop.is_set():
-                    break
-                self.index.fill_md5(record, self.stop)
-                if time.monotonic() - last_save > SNAPSHOT_EVERY:
-                    self.index.save_snapshot()
-                    last_save = time.monotonic()
-            if time.monotonic() - last_save > SNAPSHOT_EVERY:
-                self.index.save_snapshot()
-                last_save = time.monotonic()
-            self.wake.wait(1.0)
-            self.wake.clear()
+            self.index.fill_md5(self.index.pending_md5(), self.stop)
+            self.index.save_snapshot()  # writes only when something changed
+            self.stop.wait(SNAPSHOT_EVERY)
 
 
 def waitress_options(cfg: Mapping[str, Any]) -> dict:

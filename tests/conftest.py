@@ -48,8 +48,7 @@ def make_client(tmp_path: Path, packages: Path):
         cfg = settings(tmp_path / "home", **flags)
         index = open_index(cfg)
         index.scan()
-        for record in index.pending_md5():
-            index.fill_md5(record)
+        index.fill_md5(index.pending_md5())
         keyrings = config.keyring_texts(cfg)
         return webtest.TestApp(make_app(cfg, index, keyrings)), index
 

@@ -44,8 +44,7 @@ def test_snapshot_round_trip_and_warm_start(packages, tmp_path):
     build_broken(packages / "bad.spk", "random")
     first = make_index(packages, tmp_path / "cache")
     state = first.scan()
-    for record in first.pending_md5():
-        first.fill_md5(record)
+    first.fill_md5(first.pending_md5())
     assert first.save_snapshot()
     data = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert data["schema"] == 1 and data["folder"] == str(packages) and len(data["files"]) == 5
@@ -113,8 +112,7 @@ def test_the_packages_folder_is_never_touched(packages, tmp_path):
     before = tree_digest(packages)
     index = make_index(packages, tmp_path / "cache")
     index.scan()
-    for record in index.pending_md5():
-        index.fill_md5(record)
+    index.fill_md5(index.pending_md5())
     index.save_snapshot()
     assert tree_digest(packages) == before
     assert sorted(os.listdir(packages)) == ["a.spk", "b.spk", "c.spk.part"]

@@ -1,0 +1,86 @@
+"""The real `spklite` process on a loopback port (SPEC 3.3, 3.4)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import signal
+import socket
+import time
+
+from conftest import wait_for
+from spkbuilder import build_spk
+
+DSM7 = "/?arch=apollolake&build=42661&major=7&minor=1&language=enu&ds_sn=SERIAL0042"
+
+
+def test_catalog_download_range_and_clean_exit(run_server, packages, tmp_path):
+    spk = build_spk(packages / "a.spk", {"package": "a", "version": "1.0-1"})
+    server = run_server("--packages", str(packages))
+    status, headers, body = server.get(DSM7)
+    entries = json.loads(body)["packages"]
+    assert status == 200 and [e["package"] for e in entries] == ["a"]
+    assert entries[0]["link"] == f"{server.url}/download/a.spk"
+    status, headers, part = server.get("/download/a.spk", headers={"Range": "bytes=100-1123"})
+    assert status == 206 and part == spk.read_bytes()[100:1124]
+    assert headers["Content-Range"] == f"bytes 100-1123/{spk.stat().st_size}"
+    assert server.get("/download/a.spk")[2] == spk.read_bytes()
+
+    assert server.stop(signal.SIGTERM) == 0
+    log = server.output()
+    assert "Traceback" not in log
+    assert "SERIAL0042" not in log and "ds_sn=***" in log  # the serial number is masked
+    snapshot = json.loads((tmp_path / "home" / "cache" / "index.json").read_text())
+    assert list(snapshot["files"]) == ["a.spk"]
+
+
+def test_restart_uses_the_snapshot(run_server, packages, tmp_path):
+    for n in range(20):
+        build_spk(packages / f"p{n}.spk", {"package": f"p{n}"})
+    first = run_server("--packages", str(packages))
+    assert first.json("/health")["parsed"] == 20
+    assert wait_for(lambda: first.json("/health")["md5_pending"] == 0)
+    assert first.stop(signal.SIGINT) == 0
+    second = run_server("--packages", str(packages))
+    health = second.json("/health")
+    assert (health["parsed"], health["from_snapshot"], health["packages"]) == (0, 20, 20)
+    assert all("md5" in e for e in json.loads(second.get(DSM7)[2])["packages"])
+
+
+def test_new_file_is_visible_at_once(run_server, packages, tmp_path):
+    server = run_server("--packages", str(packages))
+    assert server.json("/health")["watch"] == "inotify"
+    staged = build_spk(tmp_path / "new.spk", {"package": "new"})
+    shutil.copy(staged, packages / "new.spk")
+    assert wait_for(lambda: server.json("/health")["packages"] == 1, timeout=5)
+
+
+def test_client_disconnecting_mid_download(run_server, packages):
+    import os
+
+    build_spk(packages / "big.spk", {"package": "big"}, package_tgz=os.urandom(8 << 20))
+    server = run_server("--packages", str(packages))
+    for _ in range(5):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", "/download/big.spk")
+        response = conn.getresponse()
+        response.read(1000)
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+    time.sleep(0.2)
+    assert server.json("/health")["status"] == "ok"
+    assert server.proc.poll() is None
+
+
+def test_port_in_use_is_a_clear_error(run_server, packages, tmp_path):
+    server = run_server("--packages", str(packages))
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "spklite", "--home", str(tmp_path / "home2"), "--host", "127.0.0.1",
+         "--port", str(server.port), "--packages", str(packages), "--watch", "off"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and str(server.port) in result.stderr
