@@ -6,7 +6,6 @@ request's own Host; the catalog and the index never hold URLs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,9 +16,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import bottle
 import yaml
 
-from spklite import __license__, __version__, synology
+from spklite import __license__, __version__
 from spklite.catalog import Catalog, Links, Query, encode
-from spklite.index import BLOB_DIR, Index, State
+from spklite.index import Index, State
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
@@ -168,7 +168,8 @@ class Catalog:
         """The JSON body for a catalog request, memoised per (query, links)."""
         if debug is not None:
             return self._render(query, links, debug)
-        key = (query if self.uses_models else query.__class__(**{**query.__dict__, "unique": ""}), links)
+        # `unique` only matters when some package names models: leave it out of the key otherwise.
+        key = (query if self.uses_models else replace(query, unique=""), links)
         body = self._memo.get(key)
         if body is None:
             body = self._render(query, links, None)

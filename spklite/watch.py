@@ -213,11 +213,37 @@ class Inotify(_Thread):
             self._rescan()
 
 
+# inotify sees only changes made through this machine's kernel: not on these.
+REMOTE_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs",
+                      "fuse.sshfs", "fuse.rclone", "davfs", "fuse.davfs2")
+
+
+def filesystem_type(path: str, mounts: str = "/proc/self/mounts") -> str:
+    """The type of the filesystem holding `path` ("" when unknown)."""
+    path = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open(mounts) as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace("\\040", " ")
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, fields[2]
+    except OSError:
+        pass
+    return kind
+
+
 def start(index: Index, mode: str, poll_interval: float) -> Watcher:
     """Start watching in the given mode (auto: inotify where it works, else polling)."""
     if mode == "off":
         return Watcher()
-    if mode in ("auto", "inotify"):
+    if mode == "auto" and filesystem_type(index.root) in REMOTE_FILESYSTEMS:
+        log.info("%s is on a network filesystem: polling", index.root)
+    elif mode in ("auto", "inotify"):
         try:
             return Inotify(index, poll_interval).start()
         except (ImportError, OSError) as exc:

@@ -129,3 +129,13 @@ def test_off_mode_indexes_at_start_only(tmp_path, packages):
     build_spk(packages / "b.spk", {"package": "b"})
     time.sleep(0.3)
     assert offered(app) == {"a": "1.0-1"} and app.get("/health").json["watch"] == "off"
+
+
+def test_network_mounts_are_polled(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\nnas:/volume1 /mnt/nas nfs4 rw 0 0\n"
+                      "//nas/share /mnt/my\\040share cifs rw 0 0\n")
+    assert watch.filesystem_type("/mnt/nas/packages", str(mounts)) == "nfs4"
+    assert watch.filesystem_type("/mnt/my share/x", str(mounts)) == "cifs"
+    assert watch.filesystem_type("/srv/packages", str(mounts)) == "ext4"
+    assert watch.filesystem_type("/mnt/nasty", str(mounts)) == "ext4"
