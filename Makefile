@@ -20,7 +20,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check spklite tests
-	$(BIN)/mypy spklite/synology.py spklite/spk.py spklite/catalog.py
+	$(BIN)/mypy spklite
 
 clean:
 	rm -rf $(VENV) dist build *.egg-info
+
+pyz: $(STAMP)
+	$(BIN)/python tools/build_pyz.py -o dist/spklite.pyz
+
+spk: pyz
+	$(BIN)/python tools/build_spk.py --pyz dist/spklite.pyz -o dist

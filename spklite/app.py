@@ -18,6 +18,7 @@ import yaml
 
 from spklite import __license__, __version__
 from spklite.catalog import Catalog, Links, Query, encode
+from spklite.config import ConfigError
 from spklite.index import Index, State
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,21 @@ MASKED_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization", "x
 
 def asset(name: str) -> bytes:
     """A file bundled in spklite/web (works from a zipapp too)."""
-    return resources.files("spklite").joinpath("web", name).read_bytes()
+    return resources.files("spklite").joinpath("web").joinpath(name).read_bytes()  # 3.9: one part per call
 
 
 def load_models(path: str = "") -> List[Dict[str, Any]]:
-    text = open(path, encoding="utf-8").read() if path else resources.files("spklite").joinpath(
-        "models.yml").read_text(encoding="utf-8")
-    models = yaml.safe_load(text) or []
+    """The NAS model list: the bundled one, or the operator's YAML file."""
+    try:
+        if path:
+            with open(path, encoding="utf-8") as fh:
+                models = yaml.safe_load(fh)
+        else:
+            models = yaml.safe_load(resources.files("spklite").joinpath("models.yml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"filesystem.models: cannot read {path!r}: {' '.join(str(exc).split())}") from None
     if not isinstance(models, list):
-        raise ValueError(f"{path or 'models.yml'}: expected a list of models")
+        raise ConfigError(f"filesystem.models: {path!r} is not a YAML list of models")
     return [m for m in models if isinstance(m, dict) and "model" in m]
 
 

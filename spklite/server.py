@@ -82,6 +82,8 @@ def waitress_options(cfg: Mapping[str, Any]) -> dict:
 def serve(cfg: Mapping[str, Any]) -> int:
     keyrings = config.keyring_texts(cfg)
     index = open_index(cfg)
+    watcher: watch.Watcher = watch.Watcher()
+    app = make_app(cfg, index, keyrings, watch_mode=lambda: watcher.mode)  # bad settings fail here, early
     started = time.monotonic()
     index.load_snapshot()
     # The watch is set before the scan, so nothing that happens during the scan is missed.
@@ -92,15 +94,14 @@ def serve(cfg: Mapping[str, Any]) -> int:
         __version__, len(state.records), len(state.rejected), index.root,
         index.stats["from_snapshot"], index.stats["parsed"], time.monotonic() - started, watcher.mode,
     )
-    upkeep = Upkeep(index)
-    upkeep.start()
-    app = make_app(cfg, index, keyrings, watch_mode=lambda: watcher.mode)
     try:
         server = waitress.create_server(access_logged(app), **waitress_options(cfg))
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", cfg["host"], cfg["port"], exc.strerror or exc)
         watcher.stop()
         return 1
+    upkeep = Upkeep(index)
+    upkeep.start()
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)

@@ -148,7 +148,8 @@ class Inotify(_Thread):
         if self.fallback is None:
             log.warning("inotify watch limit reached (fs.inotify.max_user_watches): polling instead")
             self.mode = "poll"
-            self.fallback = Poller(self.index, self.poll_interval).start()
+            self.fallback = Poller(self.index, self.poll_interval)
+            self.fallback.start()
 
     # -- events -----------------------------------------------------------------
 
