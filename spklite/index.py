@@ -180,7 +180,7 @@ class Index:
         if not os.path.exists(target):
             try:
                 os.makedirs(self.blob_dir, exist_ok=True)
-                atomic_write(target, data)
+                atomic_write(target, data, durable=False)
             except OSError as exc:
                 self._cache_failed(exc)
         return name
@@ -350,15 +350,19 @@ class Index:
         return True
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Old or new content at every instant: temp file, fsync, rename, fsync the folder."""
+def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
+    """Old or new content at every instant: temp file, fsync, rename, fsync the folder.
+
+    Not `durable`: no fsync (icons can be extracted again; thousands of fsyncs make a slow cold start).
+    """
     folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -366,6 +370,8 @@ def atomic_write(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+    if not durable:
+        return
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -84,3 +84,15 @@ def test_port_in_use_is_a_clear_error(run_server, packages, tmp_path):
         capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and str(server.port) in result.stderr
+
+
+def test_forwarded_headers_only_from_the_trusted_proxy(run_server, packages):
+    build_spk(packages / "a.spk", {"package": "a"})
+    forwarded = {"X-Forwarded-Host": "pkgs.example.org", "X-Forwarded-Proto": "https"}
+    plain = run_server("--packages", str(packages), "--watch", "off")
+    link = json.loads(plain.get(DSM7, headers=forwarded)[2])["packages"][0]["link"]
+    assert link == f"{plain.url}/download/a.spk"
+    plain.stop()
+    proxied = run_server("--packages", str(packages), "--watch", "off", "--trusted-proxy", "127.0.0.1")
+    link = json.loads(proxied.get(DSM7, headers=forwarded)[2])["packages"][0]["link"]
+    assert link == "https://pkgs.example.org/download/a.spk"
