@@ -18,7 +18,6 @@ import yaml
 
 from spklite import __license__, __version__
 from spklite.catalog import Catalog, Links, Query, encode
-from spklite.config import ConfigError
 from spklite.index import Index, State
 
 log = logging.getLogger(__name__)
@@ -39,18 +38,22 @@ def asset(name: str) -> bytes:
 
 
 def load_models(path: str = "") -> List[Dict[str, Any]]:
-    """The NAS model list: the bundled one, or the operator's YAML file."""
-    try:
-        if path:
+    """The NAS model list: the operator's YAML file, else the bundled one.
+
+    A file that is not a list of models (gosspks' own models.yml, say) is
+    reported and the bundled list is used: the page is a convenience.
+    """
+    if path:
+        try:
             with open(path, encoding="utf-8") as fh:
                 models = yaml.safe_load(fh)
-        else:
-            models = yaml.safe_load(resources.files("spklite").joinpath("models.yml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"filesystem.models: cannot read {path!r}: {' '.join(str(exc).split())}") from None
-    if not isinstance(models, list):
-        raise ConfigError(f"filesystem.models: {path!r} is not a YAML list of models")
-    return [m for m in models if isinstance(m, dict) and "model" in m]
+            if not isinstance(models, list):
+                raise ValueError("not a YAML list of models")
+            return [m for m in models if isinstance(m, dict) and "model" in m]
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            log.warning("filesystem.models: cannot use %r (%s): using the bundled list",
+                        path, " ".join(str(exc).split()))
+    return yaml.safe_load(resources.files("spklite").joinpath("models.yml").read_text(encoding="utf-8"))
 
 
 class Server:

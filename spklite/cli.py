@@ -1,0 +1,274 @@
+"""The command line, generated from the config schema: `spklite [COMMAND] [flags]`.
+
+Commands: serve (the default), config, version, check FILE.spk..., scan. Flags may stand before or after the
+command; gosspks' flag names and short letters work, and its cache flags are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from spklite import __version__, config
+from spklite.config import SCHEMA, ConfigError, Setting
+
+PROG = "spklite"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# gosspks' in-memory cache flags: old command lines must still start, but the index is live (no TTL).
+IGNORED_FLAGS = (
+    "--packages-cache-count",
+    "--packages-cache-duration",
+    "--packages-cache-refresh",
+    "--models-cache-duration",
+    "--models-cache-refresh",
+)
+AFTER = "after:"  # dest prefix of the flags given after the command (argparse would let them overwrite lists)
+COMMANDS = (  # name, gosspks' aliases, help
+    ("serve", (), "serve the packages folder (the default command)"),
+    ("config", ("c",), "print the effective configuration"),
+    ("version", ("v",), "print the version"),
+    ("check", (), "check .spk files like a linter: exit 1 when one is rejected"),
+    ("scan", (), "index the packages folder, write the snapshot, print a summary"),
+)
+EPILOG = """\
+Every setting is also a config file key (under `spklite:`, nested by its dots) and an environment variable
+SPKLITE_<KEY> (e.g. SPKLITE_FILESYSTEM_CACHE; gosspks' GOSSPKS_<KEY> names work too).
+Sources, highest first: flags, environment, config file, defaults. Durations take s/m/h/d, sizes K/M/G.
+gosspks' --packages-cache-* and --models-cache-* flags are accepted and ignored: the index is live.
+"""
+
+
+# Flags ######################################################################################################
+
+
+class Switch(argparse.Action):
+    """`--md5` / `--no-md5` (gosspks' `--md5=false` is rewritten to these before parsing)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, not str(option_string).startswith("--no-"))
+
+
+class Ignored(argparse.Action):
+    """A gosspks cache flag: takes its value, says once that it has no effect."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        print(f"{PROG}: {option_string} is ignored: the index is live (no cache TTL)", file=sys.stderr)
+
+
+def flag_names(setting: Setting) -> list[str]:
+    """Short letters first, then the key-path flag, then gosspks' names."""
+    names = [setting.flag, *setting.aliases]
+    return sorted(names, key=lambda name: len(name) != 2)
+
+
+def negative_flags(setting: Setting) -> list[str]:
+    return ["--no-" + name[2:] for name in flag_names(setting) if name.startswith("--")]
+
+
+def default_text(setting: Setting) -> str:
+    if setting.meta:
+        return ""
+    if setting.key in config.HOME_RELATIVE and setting.default:
+        return f" (default: <home>/{setting.default})"
+    shown = setting.kind.show(setting.kind.parse(setting.default))
+    if isinstance(shown, bool):
+        shown = "on" if shown else "off"
+    elif isinstance(shown, list):
+        shown = " ".join(shown) or "none"
+    return f" (default: {shown if shown != '' else 'empty'})"
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, prefix: str, show_help: bool) -> None:
+    groups = {title: parser.add_argument_group(title) for title in config.GROUPS}
+    for setting in SCHEMA:
+        dest = prefix + setting.key
+        text = (setting.help + default_text(setting)).replace("%", "%%") if show_help else argparse.SUPPRESS
+        names = flag_names(setting)
+        extra: dict[str, Any] = {"metavar": setting.kind.metavar}
+        if setting.kind.shape == "bool":
+            names, extra = names + negative_flags(setting), {"action": Switch, "nargs": 0}
+        elif setting.kind.shape == "list":
+            extra["action"] = "append"  # --keyring a.asc --keyring b.asc
+        groups[setting.group].add_argument(*names, dest=dest, default=argparse.SUPPRESS, help=text, **extra)
+    for name in IGNORED_FLAGS:
+        parser.add_argument(name, action=Ignored, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A small, fast Synology package server.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s [COMMAND] [flags]",
+        allow_abbrev=False,  # --pack must not silently mean --packages
+    )
+    add_setting_flags(parser, "", show_help=True)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, aliases, text in COMMANDS:
+        sub = commands.add_parser(
+            name,
+            aliases=list(aliases),
+            help=text,
+            description=text,
+            allow_abbrev=False,
+            prog=f"{PROG} {name}",
+            usage=f"{PROG} serve [flags]" if name == "serve" else None,
+            epilog=None if name == "serve" else f"All settings flags work here too: see {PROG} --help.",
+        )
+        sub.set_defaults(command=name)
+        add_setting_flags(sub, AFTER, show_help=name == "serve")
+        if name == "config":
+            formats = sub.add_mutually_exclusive_group()
+            formats.add_argument(
+                "-y",
+                "--yaml",
+                "--yml",
+                dest="format",
+                action="store_const",
+                const="yaml",
+                help="YAML, as in the config file (the default)",
+            )
+            formats.add_argument("-j", "--json", dest="format", action="store_const", const="json", help="JSON")
+            sub.set_defaults(format="yaml")
+        elif name == "check":
+            sub.add_argument("files", nargs="+", metavar="FILE.spk", help="package files to check")
+            sub.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    return parser
+
+
+def rewrite_switches(argv: Sequence[str]) -> list[str]:
+    """gosspks (pflag) took `--md5=false`; argparse switches take no value, so say it as --md5 / --no-md5."""
+    switches = {}
+    for setting in SCHEMA:
+        if setting.kind.shape == "bool":
+            for name in flag_names(setting):
+                switches[name] = (setting, negative_flags(setting)[0])
+    out: list[str] = []
+    for position, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[position:])
+        name, equals, value = arg.partition("=")
+        if equals and name in switches:
+            setting, negative = switches[name]
+            try:
+                arg = name if config.parse_bool(value) else negative
+            except (ValueError, TypeError):
+                raise ConfigError(
+                    f"{setting.key}: '{value}' is not allowed: {setting.kind.allowed} (from {name})"
+                ) from None
+        out.append(arg)
+    return out
+
+
+def given_flags(namespace: argparse.Namespace) -> dict[str, Any]:
+    """{dotted key: raw value} of the flags the user gave, before or after the command."""
+    given: dict[str, Any] = {}
+    for setting in SCHEMA:
+        before = getattr(namespace, setting.key, None)
+        after = getattr(namespace, AFTER + setting.key, None)
+        if setting.kind.shape == "list" and before is not None and after is not None:
+            given[setting.key] = before + after
+        elif after is not None or before is not None:
+            given[setting.key] = after if after is not None else before
+    return given
+
+
+# Logging ####################################################################################################
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the current sys.stderr, so a replaced stderr (tests, daemons) is honoured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+HANDLER = StderrHandler()
+HANDLER.setFormatter(logging.Formatter(LOG_FORMAT))
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if HANDLER not in root.handlers:
+        root.addHandler(HANDLER)
+    root.setLevel(level.upper())
+
+
+# Commands ###################################################################################################
+
+
+def check(files: Sequence[str], strict: bool) -> int:
+    """`spklite check`: one verdict line per file, warnings before it."""
+    from spklite import spk  # the reader is only needed here
+
+    status = 0
+    for name in files:
+        warnings: list[str] = []
+        if not os.path.exists(name):
+            reason: str | None = "no such file"
+        elif not os.path.isfile(name):
+            reason = "not a file"
+        else:
+            try:
+                reason, warnings = spk.check(name)
+            except OSError as exc:
+                reason = f"cannot be read: {exc.strerror or exc}"
+        for warning in warnings:
+            print(f"{name}: warning: {warning}")
+        if reason:
+            print(f"{name}: rejected: {reason}")
+            status = 1
+        elif warnings:
+            print(f"{name}: OK, {len(warnings)} warning{'s' if len(warnings) > 1 else ''}")
+            status = 1 if strict else status
+        else:
+            print(f"{name}: OK")
+    return status
+
+
+def run(namespace: argparse.Namespace) -> int:
+    command = getattr(namespace, "command", "serve")
+    if command == "version":
+        print(f"{PROG} {__version__}")
+        return 0
+    if command == "check":
+        return check(namespace.files, namespace.strict)
+    # printing the config must not write files; serving and scanning write the first-run config file
+    cfg = config.load(given_flags(namespace), os.environ, create_file=command != "config")
+    setup_logging(cfg["log-level"])
+    if command == "config":
+        if namespace.format == "yaml":
+            found = "" if os.path.exists(cfg["config"]) else " (not there: defaults, flags and environment only)"
+            sys.stdout.write(f"# home: {cfg['home']}\n# config file: {cfg['config']}{found}\n")
+        sys.stdout.write(config.dump(cfg, namespace.format))
+        return 0
+    if command == "scan":
+        from spklite.index import scan_command
+
+        return scan_command(cfg, sys.stdout)
+    from spklite.server import serve
+
+    return serve(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `spklite` program; returns the exit status (2: bad flags or settings)."""
+    setup_logging("warning")  # until the config says otherwise: config file warnings must show
+    try:
+        args = rewrite_switches(sys.argv[1:] if argv is None else argv)
+        try:
+            namespace = build_parser().parse_args(args)
+        except SystemExit as exc:  # --help, or a usage error argparse has already explained
+            return exc.code if isinstance(exc.code, int) else 2
+        return run(namespace)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,735 @@
+"""The configuration: ONE schema from which defaults, parsing, the YAML file, the environment variables and
+the command-line flags (spklite.cli) are all derived.
+
+A config is a plain dict keyed by dotted key paths ("filesystem.cache", "server.threads"): every key present,
+every value typed and validated, every path absolute. Sources, highest first: flags > environment
+(SPKLITE_<KEY>, then gosspks' GOSSPKS_<KEY>) > YAML file (under `spklite:` or gosspks' `gosspks:`) > defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+TOP_KEY = "spklite"
+GOSSPKS_TOP_KEY = "gosspks"
+ENV_PREFIXES = ("SPKLITE_", "GOSSPKS_")
+CONFIG_NAME = "config.yml"
+GOSSPKS_CONFIG_NAME = "gosspks.yml"  # what gosspks really wrote into its home (its --help said config.yml)
+# gosspks sections that have no meaning any more: the index is live (no TTL) and CORS headers are always sent.
+IGNORED_GOSSPKS_SECTIONS = ("cache", "cors")
+RESERVED_PREFIXES = ("v1", "about", "health", "getlist")  # first path segments the app routes itself
+PROXY_HEADERS = (
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-by",
+    "forwarded",
+)  # what waitress can take from a trusted proxy
+ARMOUR = re.compile(r"-----BEGIN PGP PUBLIC KEY BLOCK-----.*?-----END PGP PUBLIC KEY BLOCK-----", re.DOTALL)
+
+
+class ConfigError(Exception):
+    """A setting cannot be used; str(error) is one line naming the setting, the value and what is allowed."""
+
+
+# Kinds of values ############################################################################################
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a raw value (a flag or environment string, a YAML scalar or list) becomes a typed value."""
+
+    parse: Callable[[Any], Any]  # raises ValueError (or TypeError) when the value is not allowed
+    allowed: str  # what is allowed: shown in error messages and --help
+    metavar: str = "TEXT"
+    show: Callable[[Any], Any] = _same  # typed value -> what the YAML/JSON file holds (and parses back)
+    shape: str = "value"  # "value", "bool" or "list": how the command line takes it
+
+
+def _text(raw: Any) -> str:
+    """A scalar as text; YAML may have turned `hostname: 1234` into an int."""
+    if isinstance(raw, (dict, list, tuple, bool)) or raw is None:
+        raise TypeError(raw)
+    return str(raw).strip()
+
+
+def integer(lo: int, hi: int) -> Kind:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            number = raw
+        elif isinstance(raw, str) and re.fullmatch(r"\s*\+?\d+\s*", raw):
+            number = int(raw)
+        else:
+            raise ValueError(raw)
+        if not lo <= number <= hi:
+            raise ValueError(raw)
+        return number
+
+    return Kind(parse, f"a whole number from {lo} to {hi}", "N")
+
+
+TRUE_WORDS = ("true", "yes", "on", "1", "t", "y")
+FALSE_WORDS = ("false", "no", "off", "0", "f", "n")
+
+
+def parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    word = _text(raw).lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(raw)
+
+
+BOOLEAN = Kind(parse_bool, "true or false (yes/no, on/off, 1/0)", "BOOL", shape="bool")
+
+
+def choice(
+    choices: Sequence[str], aliases: Mapping[str, str] | None = None, allowed: str = "", metavar: str = ""
+) -> Kind:
+    """One of `choices`, any case; `aliases` maps other accepted words (gosspks' names) to a choice."""
+    names = dict(aliases or {})
+
+    def parse(raw: Any) -> str:
+        if isinstance(raw, bool):  # YAML 1.1 reads a bare `off` as false
+            raw = "on" if raw else "off"
+        word = _text(raw).lower()
+        word = names.get(word, word)
+        if word not in choices:
+            raise ValueError(raw)
+        return word
+
+    return Kind(parse, allowed or "one of " + ", ".join(choices), metavar or "|".join(c for c in choices if c))
+
+
+def text(
+    pattern: str = "",
+    allowed: str = "any text",
+    metavar: str = "TEXT",
+    tidy: Callable[[str], str] = _same,
+    required: bool = False,
+) -> Kind:
+    """Free text, or text matching `pattern` after `tidy`; empty text unless `required`."""
+
+    def parse(raw: Any) -> str:
+        value = tidy(_text(raw))
+        if (required and not value) or (value and pattern and not re.fullmatch(pattern, value)):
+            raise ValueError(raw)
+        return value
+
+    return Kind(parse, allowed, metavar)
+
+
+def path(allow_empty: bool = False) -> Kind:
+    """A file or folder; made absolute (against the home folder or the working directory) by load()."""
+
+    def parse(raw: Any) -> str:
+        value = _text(raw)
+        if not value and not allow_empty:
+            raise ValueError(raw)
+        return os.path.expanduser(value) if value else ""
+
+    allowed = "a file path, or empty for the bundled one" if allow_empty else "a folder path"
+    return Kind(parse, allowed, "PATH")
+
+
+def _parse_prefix(raw: Any) -> str:
+    segments = _text(raw).strip("/").split("/")
+    if segments == [""] or segments[0].lower() in RESERVED_PREFIXES:
+        raise ValueError(raw)
+    for segment in segments:
+        if segment in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._~-]+", segment):
+            raise ValueError(raw)
+    return "/" + "/".join(segments)
+
+
+PREFIX = Kind(
+    _parse_prefix,
+    "a URL path such as /download or download (letters, digits, . _ ~ -), not / and not /v1, /about, "
+    "/health or /getList",
+    "PREFIX",
+)
+
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})(ms|s|m|h|d)")
+
+
+def duration(minimum: float) -> Kind:
+    """Seconds: a plain number, or parts with units like 90s, 1.5m, 1h30m, 1d."""
+
+    def parse(raw: Any) -> float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            seconds = float(raw)
+        else:
+            spec = _text(raw).lower().replace(" ", "")
+            if re.fullmatch(_NUMBER, spec):
+                seconds = float(spec)
+            elif re.fullmatch(rf"(?:{_NUMBER}(?:ms|s|m|h|d))+", spec):
+                seconds = sum(float(n) * DURATION_UNITS[u] for n, u in _DURATION_PART.findall(spec))
+            else:
+                raise ValueError(raw)
+        if not math.isfinite(seconds) or seconds < minimum:
+            raise ValueError(raw)
+        return seconds
+
+    allowed = f"a duration such as 2s, 1.5m, 1h or 1d (a plain number is seconds), at least {show_duration(minimum)}"
+    return Kind(parse, allowed, "DURATION", show_duration)
+
+
+def show_duration(seconds: float) -> str:
+    if seconds == int(seconds) and seconds > 0:
+        whole = int(seconds)
+        for unit in ("d", "h", "m"):
+            if whole % DURATION_UNITS[unit] == 0:
+                return f"{whole // int(DURATION_UNITS[unit])}{unit}"
+        return f"{whole}s"
+    return f"{seconds:g}s"
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "ki": 1 << 10, "kib": 1 << 10, "kb": 1000,
+              "m": 1 << 20, "mi": 1 << 20, "mib": 1 << 20, "mb": 1000**2,
+              "g": 1 << 30, "gi": 1 << 30, "gib": 1 << 30, "gb": 1000**3}  # fmt: skip
+
+
+def size(minimum: int) -> Kind:
+    """Bytes: a plain number or 512K, 1M, 1MiB (1024-based), 1MB (1000-based)."""
+
+    def parse(raw: Any) -> int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            number = raw
+        else:
+            match = re.fullmatch(rf"({_NUMBER})\s*([a-z]*)", _text(raw).lower())
+            if not match or match.group(2) not in SIZE_UNITS:
+                raise ValueError(raw)
+            number = int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+        if number < minimum:
+            raise ValueError(raw)
+        return number
+
+    allowed = (
+        f"a size in bytes such as 1048576, 512K, 1M or 1MiB (K/M/G count 1024, KB/MB/GB 1000), "
+        f"at least {show_size(minimum)}"
+    )
+    return Kind(parse, allowed, "SIZE", show_size)
+
+
+def show_size(number: int) -> Any:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if number and number % factor == 0:
+            return f"{number // factor}{unit}"
+    return number
+
+
+def string_list(split: Callable[[str], list[str]], item_ok: Callable[[str], bool], allowed: str, metavar: str) -> Kind:
+    """A YAML list, or text that `split` cuts into items; every item passes `item_ok`."""
+
+    def parse(raw: Any) -> list[str]:
+        if raw is None:
+            return []
+        pieces = raw if isinstance(raw, (list, tuple)) else [raw]
+        items: list[str] = []
+        for piece in pieces:
+            if not isinstance(piece, str):
+                raise TypeError(piece)
+            for item in split(piece):
+                if item not in items:  # the same key or file twice is sent once
+                    items.append(item)
+        if not all(item_ok(item) for item in items):
+            raise ValueError(raw)
+        return items
+
+    return Kind(parse, allowed, metavar, list, shape="list")
+
+
+def split_keyrings(raw: str) -> list[str]:
+    """Armoured key blocks stay whole; the text around them holds file paths, one a line or ':'-separated."""
+    items: list[str] = []
+    for number, piece in enumerate(re.split(f"({ARMOUR.pattern})", raw, flags=re.DOTALL)):
+        if number % 2:  # odd pieces are the captured key blocks
+            items.append(piece)
+        else:
+            items.extend(p.strip() for p in re.split(r"[\n:]", piece) if p.strip())
+    return items
+
+
+def is_armoured(entry: str) -> bool:
+    return entry.lstrip().startswith("-----BEGIN PGP")
+
+
+KEYRINGS = string_list(
+    split_keyrings,
+    lambda item: bool(ARMOUR.fullmatch(item)) or "-----BEGIN" not in item,
+    "files holding ASCII-armoured GPG public keys, or the armoured keys themselves",
+    "FILE",
+)
+PROXY_HEADER_LIST = string_list(
+    lambda raw: [h.lower() for h in re.split(r"[\s,]+", raw) if h],
+    lambda item: item in PROXY_HEADERS,
+    "header names from " + ", ".join(PROXY_HEADERS),
+    "HEADERS",
+)
+
+
+def _parse_trusted_proxy(raw: Any) -> str:
+    value = _text(raw)
+    if value not in ("", "*"):
+        ipaddress.ip_address(value)  # ValueError when it is not an IP address
+    return value
+
+
+TRUSTED_PROXY = Kind(_parse_trusted_proxy, "an IP address such as 127.0.0.1, * for any, or empty for none", "IP")
+
+
+# The schema #################################################################################################
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # dotted key path: the config dict key, the YAML nesting, the --flag and the environment name
+    default: Any  # a raw default, parsed like any other value
+    kind: Kind
+    help: str
+    group: str
+    aliases: tuple[str, ...] = ()  # more flags: gosspks' names and short letters
+    file_aliases: tuple[str, ...] = ()  # other key paths accepted in the file and environment (gosspks' "gpg")
+    meta: bool = False  # home and config: flags and environment only, never in the file
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace(".", "-")
+
+    @property
+    def env_names(self) -> list[str]:
+        names = (self.key,) + self.file_aliases
+        return [prefix + re.sub(r"[.-]", "_", name).upper() for prefix in ENV_PREFIXES for name in names]
+
+
+BIND_ADDRESS = text(
+    r"[A-Za-z0-9._:-]+", "an IP address or host name to bind to", "ADDRESS", lambda v: v.strip("[]"), True
+)
+URL_HOST = text(
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?(/[^\s?#]*)?",
+    "a host name with optional :port and /path, without scheme",
+    "HOST",
+    lambda v: v.rstrip("/"),
+)
+LOG_LEVEL = choice(
+    ("debug", "info", "warning", "error"),
+    {"trace": "debug", "warn": "warning", "fatal": "error", "panic": "error", "critical": "error"},  # gosspks'
+    metavar="LEVEL",
+)
+# Help groups, in the order --help shows them.
+FILES, NETWORK, CATALOG, INDEX, LOGGING, TUNING = (
+    "files and folders",
+    "network and URLs",
+    "catalog",
+    "index",
+    "logging",
+    "server tuning",
+)
+GROUPS = (FILES, NETWORK, CATALOG, INDEX, LOGGING, TUNING)
+
+# The order here is the order of the config file.
+SCHEMA: tuple[Setting, ...] = (
+    Setting(
+        "home",
+        "",
+        path(),
+        "home folder; relative paths and the config file live here (default: $HOME/spklite)",
+        FILES,
+        ("-H",),
+        meta=True,
+    ),
+    Setting(
+        "config",
+        "",
+        path(),
+        "config file (default: <home>/config.yml, else gosspks' <home>/gosspks.yml)",
+        FILES,
+        ("-C",),
+        meta=True,
+    ),
+    Setting("port", 8080, integer(1, 65535), "port to listen on", NETWORK, ("-p",)),
+    Setting(
+        "host",
+        "0.0.0.0",
+        BIND_ADDRESS,
+        "address to bind to",
+        NETWORK,
+    ),
+    Setting(
+        "hostname",
+        "",
+        URL_HOST,
+        "host name for generated URLs; empty: the request's own",
+        NETWORK,
+    ),
+    Setting(
+        "scheme",
+        "",
+        choice(("", "http", "https"), allowed="http, https, or empty for the request's own"),
+        "scheme for generated URLs; empty: the request's own",
+        NETWORK,
+    ),
+    Setting(
+        "log-level",
+        "info",
+        LOG_LEVEL,
+        "log level (gosspks' Trace, Warn, Fatal and Panic are understood)",
+        LOGGING,
+        ("-l",),
+    ),
+    Setting(
+        "md5", True, BOOLEAN, "publish the md5 of every package (computed once per file, in the background)", CATALOG
+    ),
+    Setting("debug-package", False, BOOLEAN, "add a pseudo-package showing what the NAS sent", CATALOG, ("-d",)),
+    Setting(
+        "filesystem.packages", "packages", path(), "folder of .spk files (subfolders included)", FILES, ("--packages",)
+    ),
+    Setting(
+        "filesystem.cache", "cache", path(), "folder for the index snapshot and extracted icons", FILES, ("--cache",)
+    ),
+    Setting(
+        "filesystem.models",
+        "",
+        path(allow_empty=True),
+        "NAS model list (YAML); empty: the bundled list",
+        FILES,
+        ("--models",),
+    ),
+    Setting("router.download", "/download", PREFIX, "URL prefix of package downloads", NETWORK, ("--download",)),
+    Setting("router.static", "/static", PREFIX, "URL prefix of icons and screenshots", NETWORK, ("--static",)),
+    Setting(
+        "watch",
+        "auto",
+        choice(("auto", "inotify", "poll", "off")),
+        "how changes in the packages folder are noticed",
+        INDEX,
+    ),
+    Setting("poll-interval", 2, duration(0.1), "time between folder scans when polling", INDEX),
+    Setting("follow-symlinks", False, BOOLEAN, "serve symlinks that point outside the packages folder", INDEX),
+    Setting(
+        "keyrings",
+        [],
+        KEYRINGS,
+        "GPG public keys sent to DSM 5.1-6: files or armoured keys (--keyring may be repeated)",
+        CATALOG,
+        ("--keyring",),
+        ("gpg",),
+    ),
+    Setting("server.threads", 4, integer(1, 1000), "worker threads", TUNING, ("--threads",)),
+    Setting(
+        "server.connection-limit",
+        100,
+        integer(1, 100000),
+        "most simultaneous connections",
+        TUNING,
+        ("--connection-limit",),
+    ),
+    Setting(
+        "server.channel-timeout", 120, duration(1), "close a connection idle this long", TUNING, ("--channel-timeout",)
+    ),
+    Setting(
+        "server.trusted-proxy",
+        "",
+        TRUSTED_PROXY,
+        "reverse proxy whose X-Forwarded-* headers are believed",
+        TUNING,
+        ("--trusted-proxy",),
+    ),
+    Setting(
+        "server.trusted-proxy-count",
+        1,
+        integer(1, 100),
+        "how many trusted proxies are in front",
+        TUNING,
+        ("--trusted-proxy-count",),
+    ),
+    Setting(
+        "server.trusted-proxy-headers",
+        list(PROXY_HEADERS[:4]),
+        PROXY_HEADER_LIST,
+        "headers taken from the trusted proxy",
+        TUNING,
+        ("--trusted-proxy-headers",),
+    ),
+    Setting(
+        "server.max-request-body-size", "1MiB", size(1024), "largest request body", TUNING, ("--max-request-body-size",)
+    ),
+    Setting(
+        "server.max-request-header-size",
+        "64KiB",
+        size(1024),
+        "largest request header",
+        TUNING,
+        ("--max-request-header-size",),
+    ),
+    Setting("defaults.maintainer", "", text(), "maintainer shown when a package's INFO has none", CATALOG),
+    Setting("defaults.maintainer-url", "", text(), "maintainer URL shown when INFO has none", CATALOG),
+    Setting("defaults.distributor", "", text(), "distributor shown when INFO has none", CATALOG),
+    Setting("defaults.distributor-url", "", text(), "distributor URL shown when INFO has none", CATALOG),
+    Setting("defaults.support-url", "", text(), "support URL shown when INFO has none", CATALOG),
+)
+BY_KEY: dict[str, Setting] = {s.key: s for s in SCHEMA}
+FILE_ALIASES: dict[str, str] = {alias: s.key for s in SCHEMA for alias in s.file_aliases}
+SECTIONS = {s.key.rsplit(".", 1)[0] for s in SCHEMA if "." in s.key}
+HOME_RELATIVE = ("filesystem.packages", "filesystem.cache", "filesystem.models")
+
+
+# Loading ####################################################################################################
+
+
+def _shown(raw: Any) -> str:
+    """The bad value as the user wrote it, on one short line."""
+    value = " ".join(str(raw).split())
+    return "'" + (value if len(value) <= 60 else value[:57] + "...") + "'"
+
+
+def _parse(setting: Setting, raw: Any, source: str) -> Any:
+    try:
+        return setting.kind.parse(raw)
+    except (ValueError, TypeError):
+        where = f" (from {source})" if source else ""
+        raise ConfigError(f"{setting.key}: {_shown(raw)} is not allowed: {setting.kind.allowed}{where}") from None
+
+
+def _pick(
+    setting: Setting, flags: Mapping[str, Any], environ: Mapping[str, str], from_file: Mapping[str, Any], file_name: str
+) -> tuple[Any, str]:
+    """The raw value of the strongest source that has one, and where it came from ("" for the default)."""
+    if flags.get(setting.key) is not None:
+        return flags[setting.key], setting.flag
+    for name in setting.env_names:
+        if environ.get(name):  # an empty variable counts as unset, as it did for gosspks (viper)
+            return environ[name], "environment " + name
+    if setting.key in from_file:
+        return from_file[setting.key], file_name
+    return setting.default, ""
+
+
+def _absolute(value: str, base: str) -> str:
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def _locate(flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str]:
+    """The home folder and the config file; both relative to the working directory when given relative."""
+    home_setting, config_setting = BY_KEY["home"], BY_KEY["config"]
+    raw, source = _pick(home_setting, flags, environ, {}, "")
+    if source:
+        home = _absolute(_parse(home_setting, raw, source), os.getcwd())
+    else:
+        user_home = environ.get("HOME") or os.path.expanduser("~")
+        home = _absolute(os.path.join(user_home, "spklite"), os.getcwd())
+    raw, source = _pick(config_setting, flags, environ, {}, "")
+    if source:
+        return home, _absolute(_parse(config_setting, raw, source), os.getcwd())
+    config_file = os.path.join(home, CONFIG_NAME)
+    gosspks_file = os.path.join(home, GOSSPKS_CONFIG_NAME)
+    if not os.path.exists(config_file) and os.path.isfile(gosspks_file):
+        return home, gosspks_file  # pointing -H at an old gosspks home just works
+    return home, config_file
+
+
+def read_file(file_name: str) -> dict[str, Any] | None:
+    """The settings in a YAML config file as {dotted key: raw value}; None when there is no such file."""
+    try:
+        with open(file_name, "rb") as stream:
+            data = stream.read()
+    except (FileNotFoundError, NotADirectoryError):  # a home under a file has no config either
+        return None
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read '{file_name}': {exc.strerror or exc}") from None
+    try:
+        document = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file_name}: not allowed: the config file must be UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{file_name}: invalid YAML{where}: {problem}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{file_name}: not allowed: a YAML mapping with the top key '{TOP_KEY}:'")
+    tops = {str(key).strip().lower(): value for key, value in document.items()}
+    for key in tops:
+        if key not in (TOP_KEY, GOSSPKS_TOP_KEY):
+            log.warning("%s: top-level key '%s' ignored: settings go under '%s:'", file_name, key, TOP_KEY)
+    values: dict[str, Any] = {}
+    ignored: list[str] = []
+    for top in (GOSSPKS_TOP_KEY, TOP_KEY):  # spklite's own section wins over a gosspks one
+        section = tops.get(top)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise ConfigError(f"{file_name}: '{top}' is not allowed: a mapping of settings")
+        _flatten(section, "", values, ignored, file_name)
+    if ignored:
+        log.warning(
+            "%s: gosspks settings ignored (the index is live, CORS is always on): %s", file_name, ", ".join(ignored)
+        )
+    return values
+
+
+def _flatten(mapping: dict[Any, Any], prefix: str, out: dict[str, Any], ignored: list[str], file_name: str) -> None:
+    for raw_key, value in mapping.items():
+        name = prefix + str(raw_key).strip().lower()  # keys are case-insensitive, as they were for viper
+        if value is None:  # `maintainer:` with nothing after it means "not set here"
+            continue
+        if name in IGNORED_GOSSPKS_SECTIONS:
+            ignored.append(name)
+        elif name in FILE_ALIASES:
+            out.setdefault(FILE_ALIASES[name], value)
+        elif name in BY_KEY and not BY_KEY[name].meta:
+            out[name] = value
+        elif name in SECTIONS and isinstance(value, dict):
+            _flatten(value, name + ".", out, ignored, file_name)
+        elif name in BY_KEY:
+            log.warning("%s: '%s' ignored: it can only be set by a flag or the environment", file_name, name)
+        else:
+            log.warning("%s: unknown setting '%s' ignored", file_name, name)
+
+
+def load(flags: Mapping[str, Any], environ: Mapping[str, str], *, create_file: bool = True) -> dict[str, Any]:
+    """The complete, typed, validated config. `flags` holds only the flags the user gave (dotted key -> raw).
+
+    With `create_file`, a missing config file is written with the effective values when possible (first run).
+    """
+    home, config_file = _locate(flags, environ)
+    from_file = read_file(config_file)
+    cfg: dict[str, Any] = {"home": home, "config": config_file}
+    for setting in SCHEMA:
+        if not setting.meta:
+            raw, source = _pick(setting, flags, environ, from_file or {}, config_file)
+            cfg[setting.key] = _parse(setting, raw, source)
+    for key in HOME_RELATIVE:
+        if cfg[key]:
+            cfg[key] = _absolute(cfg[key], home)
+    cfg["keyrings"] = [k if is_armoured(k) else _absolute(k, home) for k in cfg["keyrings"]]
+    _check_together(cfg)
+    if cfg["filesystem.models"] and not os.path.exists(cfg["filesystem.models"]):
+        # gosspks' config always names a models.yml it downloaded itself; without it the bundled list serves
+        log.warning("filesystem.models: '%s' does not exist, using the bundled model list", cfg["filesystem.models"])
+        cfg["filesystem.models"] = ""
+    if from_file is None and create_file:
+        _write_first_run(cfg)
+    return cfg
+
+
+def _check_together(cfg: Mapping[str, Any]) -> None:
+    """Rules that involve two settings."""
+    download, static = cfg["router.download"], cfg["router.static"]
+    if download == static or download.startswith(static + "/") or static.startswith(download + "/"):
+        # blame the one the user changed
+        key, value, other = ("router.static", static, "router.download")
+        if static == BY_KEY["router.static"].default:
+            key, value, other = ("router.download", download, "router.static")
+        raise ConfigError(f"{key}: '{value}' is not allowed: a prefix apart from {other} ('{cfg[other]}')")
+
+
+def _write_first_run(cfg: Mapping[str, Any]) -> None:
+    """Write the effective values to the missing config file; a read-only place is fine, just logged."""
+    config_file, home = cfg["config"], cfg["home"]
+    temporary = f"{config_file}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(home, exist_ok=True)
+        with open(temporary, "x", encoding="utf-8") as stream:
+            stream.write(
+                "# spklite configuration, written on first run with the effective values.\n"
+                "# Every setting is also a flag (spklite --help) and an environment variable "
+                "(SPKLITE_<KEY>).\n"
+            )
+            stream.write(dump(cfg, relative_to=home))
+        os.replace(temporary, config_file)  # atomic: never a half-written config
+    except OSError as exc:
+        log.info("could not write %s: %s", config_file, exc.strerror or exc)
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+    else:
+        log.info("wrote %s with the effective settings", config_file)
+
+
+# Output #####################################################################################################
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line text (armoured keys) as readable YAML literal blocks."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda dumper, data: dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None),
+)
+
+
+def document(cfg: Mapping[str, Any], relative_to: str = "") -> dict[str, Any]:
+    """The file-shaped config: {"spklite": {nested settings}}; paths inside `relative_to` written relative."""
+    settings: dict[str, Any] = {}
+    for setting in SCHEMA:
+        if setting.meta:
+            continue
+        value = setting.kind.show(cfg[setting.key])
+        if relative_to and setting.key in HOME_RELATIVE and value.startswith(relative_to.rstrip("/") + "/"):
+            value = os.path.relpath(value, relative_to)
+        *sections, leaf = setting.key.split(".")
+        node = settings
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return {TOP_KEY: settings}
+
+
+def dump(cfg: Mapping[str, Any], fmt: str = "yaml", *, relative_to: str = "") -> str:
+    """The config as the text of a config file: YAML, or the same document as JSON."""
+    data = document(cfg, relative_to)
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    if fmt == "yaml":
+        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def keyring_texts(cfg: Mapping[str, Any]) -> list[str]:
+    """The armoured public keys for the catalog: inline entries as they are, files read (each block once)."""
+    texts: list[str] = []
+    for entry in cfg["keyrings"]:
+        if is_armoured(entry):
+            texts.append(entry)
+            continue
+        try:
+            with open(entry, encoding="utf-8") as stream:
+                blocks = ARMOUR.findall(stream.read())
+        except OSError as exc:
+            raise ConfigError(f"keyrings: cannot read '{entry}': {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            blocks = []
+        if not blocks:
+            raise ConfigError(
+                f"keyrings: '{entry}' is not allowed: a file holding an ASCII-armoured public key "
+                "(gpg --armor --export KEY)"
+            )
+        texts.extend(blocks)
+    return texts

@@ -1,0 +1,371 @@
+"""spklite.cli: flags (gosspks' names too) before or after the command, the commands, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Tuple
+
+import pytest
+import yaml
+from spkbuilder import build_broken, build_spk
+
+from spklite import __version__
+from spklite.cli import main
+
+Run = Callable[..., Tuple[int, str, str]]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def run(home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Run:
+    """run(*argv) -> (exit status, stdout, stderr) of main(), with a clean environment and HOME."""
+    for name in list(os.environ):
+        if name.startswith(("SPKLITE_", "GOSSPKS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home.parent))
+    monkeypatch.chdir(home.parent)
+
+    def run(*argv: str) -> Tuple[int, str, str]:
+        capsys.readouterr()
+        status = main(list(argv))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+def effective(run: Run, *argv: str) -> Any:
+    """The `spklite:` section printed by `config --json` with these flags."""
+    status, out, err = run(*argv)
+    assert status == 0, err
+    return json.loads(out)["spklite"]
+
+
+# Flags ######################################################################################################
+
+
+def test_config_json_reflects_overrides(run: Run, home: Path) -> None:
+    cfg = effective(
+        run,
+        "config",
+        "--json",
+        "--filesystem-cache=/srv/c",
+        "--server-threads",
+        "9",
+        "-p",
+        "8123",
+        "--hostname",
+        "nas.lan",
+        "--keyring",
+        "/k1.asc",
+        "--keyring",
+        "/k2.asc",
+    )
+    assert cfg["filesystem"]["cache"] == "/srv/c"
+    assert cfg["server"]["threads"] == 9
+    assert cfg["port"] == 8123
+    assert cfg["hostname"] == "nas.lan"
+    assert cfg["keyrings"] == ["/k1.asc", "/k2.asc"]
+    assert cfg["filesystem"]["packages"] == str(home.parent / "spklite" / "packages")  # $HOME/spklite
+
+
+def test_gosspks_flag_names(run: Run, home: Path, tmp_path: Path) -> None:
+    cfg = effective(
+        run,
+        "-H",
+        str(home),
+        "--cache",
+        "c",
+        "--packages",
+        "/srv/spk",
+        "--download",
+        "dl",
+        "--static",
+        "/img/",
+        "-d",
+        "-l",
+        "Warn",
+        "--scheme",
+        "HTTPS",
+        "config",
+        "-j",
+    )
+    assert cfg["filesystem"]["cache"] == str(home / "c")
+    assert cfg["filesystem"]["packages"] == "/srv/spk"
+    assert cfg["router"] == {"download": "/dl", "static": "/img"}
+    assert cfg["debug-package"] is True
+    assert cfg["log-level"] == "warning"
+    assert cfg["scheme"] == "https"
+
+
+def test_new_flag_aliases(run: Run) -> None:
+    cfg = effective(
+        run,
+        "config",
+        "--json",
+        "--host",
+        "127.0.0.1",
+        "--watch",
+        "poll",
+        "--poll-interval",
+        "1m",
+        "--follow-symlinks",
+        "--trusted-proxy",
+        "10.0.0.1",
+        "--threads",
+        "2",
+        "--max-request-body-size",
+        "2M",
+        "--defaults-maintainer",
+        "Team",
+    )
+    assert (cfg["host"], cfg["watch"], cfg["poll-interval"], cfg["follow-symlinks"]) == (
+        "127.0.0.1",
+        "poll",
+        "1m",
+        True,
+    )
+    assert cfg["server"]["trusted-proxy"] == "10.0.0.1" and cfg["server"]["threads"] == 2
+    assert cfg["server"]["max-request-body-size"] == "2MiB"
+    assert cfg["defaults"]["maintainer"] == "Team"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("-p", "9001", "config", "--json"),
+        ("config", "--json", "-p", "9001"),
+        ("--port=1", "config", "--port", "9001", "--json"),
+    ],  # after the command wins
+)
+def test_flags_before_or_after_the_command(run: Run, argv: Tuple[str, ...]) -> None:
+    assert effective(run, *argv)["port"] == 9001
+
+
+def test_repeated_keyrings_before_and_after_the_command_add_up(run: Run) -> None:
+    cfg = effective(run, "--keyring", "/a.asc", "config", "--json", "--keyring", "/b.asc")
+    assert cfg["keyrings"] == ["/a.asc", "/b.asc"]
+
+
+@pytest.mark.parametrize(
+    "argv, md5",
+    [
+        ((), True),
+        (("--no-md5",), False),
+        (("--md5=false",), False),
+        (("--md5=true",), True),
+        (("--no-md5", "--md5"), True),
+        (("--md5=0",), False),
+    ],
+)
+def test_md5_switch_forms(run: Run, argv: Tuple[str, ...], md5: bool) -> None:
+    assert effective(run, *argv, "config", "--json")["md5"] is md5
+
+
+def test_debug_package_switch_forms(run: Run) -> None:
+    assert effective(run, "-d=true", "config", "--json")["debug-package"] is True
+    assert effective(run, "--debug-package=false", "config", "--json")["debug-package"] is False
+    assert effective(run, "config", "--json", "--no-debug-package")["debug-package"] is False
+
+
+def test_flags_beat_environment(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPKLITE_PORT", "7001")
+    monkeypatch.setenv("GOSSPKS_HOSTNAME", "env.lan")
+    cfg = effective(run, "config", "--json")
+    assert (cfg["port"], cfg["hostname"]) == (7001, "env.lan")
+    assert effective(run, "config", "--json", "-p", "7002")["port"] == 7002
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "--packages-cache-count",
+        "--packages-cache-duration",
+        "--packages-cache-refresh",
+        "--models-cache-duration",
+        "--models-cache-refresh",
+    ],
+)
+def test_gosspks_cache_flags_are_accepted_with_a_notice_and_ignored(run: Run, name: str) -> None:
+    plain = effective(run, "config", "--json")
+    status, out, err = run(name, "5m", "config", "--json", f"{name}=7")
+    assert status == 0
+    assert json.loads(out)["spklite"] == plain
+    lines = err.strip().splitlines()
+    assert lines == [f"spklite: {name} is ignored: the index is live (no cache TTL)"] * 2
+
+
+def test_config_yaml_output_is_a_usable_config_file(run: Run, home: Path, tmp_path: Path) -> None:
+    status, out, _ = run("config", "--port", "8765", "--static", "pics")
+    assert status == 0
+    assert yaml.safe_load(out)["spklite"]["router"]["static"] == "/pics"
+    saved = tmp_path / "saved.yml"
+    saved.write_text(out)
+    assert effective(run, "-C", str(saved), "config", "--json")["port"] == 8765
+
+
+def test_config_does_not_write_the_first_run_file(run: Run, home: Path) -> None:
+    assert run("-H", str(home), "config")[0] == 0
+    assert not (home / "config.yml").exists()
+
+
+def test_a_gosspks_config_file_is_read(run: Run, home: Path) -> None:
+    home.mkdir()
+    (home / "gosspks.yml").write_text("gosspks:\n  port: 8181\n  md5: false\n  log-level: Error\n")
+    cfg = effective(run, "-H", str(home), "config", "--json")
+    assert (cfg["port"], cfg["md5"], cfg["log-level"]) == (8181, False, "error")
+
+
+def test_unknown_config_keys_are_logged_not_fatal(run: Run, home: Path) -> None:
+    home.mkdir()
+    (home / "config.yml").write_text("spklite:\n  port: 8282\n  colour: blue\n")
+    status, out, err = run("-H", str(home), "config", "--json")
+    assert status == 0 and json.loads(out)["spklite"]["port"] == 8282
+    assert "WARNING spklite.config:" in err and "unknown setting 'colour'" in err
+
+
+# Errors: one line, exit 2, never a traceback ###############################################################
+
+
+@pytest.mark.parametrize(
+    "argv, key",
+    [
+        (("-p", "70000"), "port"),
+        (("--port", "eighty"), "port"),
+        (("--threads", "0"), "server.threads"),
+        (("--connection-limit", "-1"), "server.connection-limit"),
+        (("--channel-timeout", "soon"), "server.channel-timeout"),
+        (("--poll-interval", "0s"), "poll-interval"),
+        (("--max-request-body-size", "big"), "server.max-request-body-size"),
+        (("--watch", "sometimes"), "watch"),
+        (("-l", "loud"), "log-level"),
+        (("--scheme", "gopher"), "scheme"),
+        (("--md5=perhaps",), "md5"),
+        (("--download", "/v1"), "router.download"),
+        (("--static", "/"), "router.static"),
+        (("--download", "a", "--static", "a"), "router.static"),
+        (("--hostname", "https://nas.lan"), "hostname"),
+        (("--trusted-proxy", "my proxy"), "server.trusted-proxy"),
+        (("--trusted-proxy-headers", "x-real-ip"), "server.trusted-proxy-headers"),
+        (("--packages", ""), "filesystem.packages"),
+        (("-H", ""), "home"),
+    ],
+)
+def test_every_bad_value_is_one_clear_line(run: Run, argv: Tuple[str, ...], key: str) -> None:
+    status, out, err = run(*argv, "config")
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"spklite: {key}: '") and "is not allowed: " in err
+
+
+def test_a_bad_environment_value_says_where_it_came_from(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPKLITE_SERVER_CHANNEL_TIMEOUT", "forever")
+    status, _, err = run("config")
+    assert status == 2
+    assert err.startswith("spklite: server.channel-timeout: 'forever' is not allowed: a duration")
+    assert err.rstrip().endswith("(from environment SPKLITE_SERVER_CHANNEL_TIMEOUT)")
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("spklite:\n  port: [1\n", "invalid YAML at line"), ("spklite:\n  port: 0\n", "port: '0' is not allowed")],
+)
+def test_a_bad_config_file_is_one_clear_line(run: Run, home: Path, text: str, words: str) -> None:
+    home.mkdir()
+    (home / "config.yml").write_text(text)
+    status, _, err = run("-H", str(home))
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert words in err and str(home / "config.yml") in err
+
+
+def test_unknown_flags_and_commands_are_usage_errors(run: Run) -> None:
+    status, _, err = run("config", "--pack=x")  # no abbreviations: --pack is not --packages
+    assert status == 2 and "unrecognized arguments: --pack=x" in err
+    status, _, err = run("frobnicate")
+    assert status == 2 and "invalid choice" in err
+
+
+def test_help_is_generated_from_the_schema(run: Run) -> None:
+    status, out, _ = run("--help")
+    assert status == 0
+    flag_lines = [[w.rstrip(",") for w in line.split() if w.startswith("-")] for line in out.splitlines()]
+    for names in (
+        ["--filesystem-cache", "--cache"],
+        ["-p", "--port"],
+        ["--md5", "--no-md5"],
+        ["-d", "--debug-package", "--no-debug-package"],
+        ["--keyrings", "--keyring"],
+        ["-H", "--home"],
+        ["-C", "--config"],
+        ["--server-threads", "--threads"],
+    ):
+        assert names in flag_lines  # "-p N, --port N" before Python 3.13, "-p, --port N" since
+    for text in ("server tuning:", "port to listen on (default: 8080)", "SPKLITE_", "GOSSPKS_"):
+        assert text in out
+
+
+# Commands ###################################################################################################
+
+
+@pytest.mark.parametrize("command", ["version", "v"])
+def test_version(run: Run, command: str) -> None:
+    assert run(command) == (0, f"spklite {__version__}\n", "")
+
+
+def test_python_m_spklite_version(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "spklite", "version"],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"spklite {__version__}\n", "")
+
+
+def test_check_good_package(run: Run, tmp_path: Path) -> None:
+    good = build_spk(tmp_path / "good.spk")
+    assert run("check", str(good)) == (0, f"{good}: OK\n", "")
+
+
+def test_check_rejects_broken_and_missing_files(run: Run, tmp_path: Path) -> None:
+    good = build_spk(tmp_path / "good.spk")
+    broken = build_broken(tmp_path / "broken.spk", "gzip")
+    missing = tmp_path / "missing.spk"
+    status, out, _ = run("check", str(good), str(broken), str(missing))
+    assert status == 1
+    lines = out.splitlines()
+    assert lines[0] == f"{good}: OK"
+    assert lines[1].startswith(f"{broken}: rejected: ") and "compressed" in lines[1]
+    assert lines[2] == f"{missing}: rejected: no such file"
+
+
+def test_check_warnings_fail_only_with_strict(run: Run, tmp_path: Path) -> None:
+    plain = build_spk(tmp_path / "plain.spk", info={"description": None})
+    status, out, _ = run("check", str(plain))
+    assert status == 0
+    assert f"{plain}: warning: " in out and "description" in out
+    assert out.splitlines()[-1] == f"{plain}: OK, 1 warning"
+    assert run("check", "--strict", str(plain))[0] == 1
+    assert run("--log-level", "debug", "check", str(plain), "--strict")[0] == 1  # settings flags are fine here
+
+
+def test_scan_writes_the_first_run_config_and_prints_a_summary(run: Run, home: Path) -> None:
+    packages = home / "packages"
+    packages.mkdir(parents=True)
+    build_spk(packages / "demo.spk")
+    status, out, err = run("-H", str(home), "scan")
+    assert status == 0, err
+    assert out.startswith("1 packages, 0 rejected")
+    assert yaml.safe_load((home / "config.yml").read_text())["spklite"]["port"] == 8080

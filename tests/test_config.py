@@ -1,0 +1,528 @@
+"""spklite.config: the schema, the sources and their order, parsing, the first-run file, gosspks' files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import yaml
+
+from spklite import config
+from spklite.config import ConfigError, load
+
+KEY = """-----BEGIN PGP PUBLIC KEY BLOCK-----
+
+mQENBFake0BCADtest
+=abcd
+-----END PGP PUBLIC KEY BLOCK-----"""
+
+# gosspks' own `config --yaml` output (its README), plus a `gpg` key list as cfg.GetGPGKeys() read it.
+GOSSPKS_YML = """\
+gosspks:
+  cache:
+    models:
+      duration: 7d
+      refresh: 1d
+    packages:
+      count: 15
+      duration: 5m
+      refresh: 1m
+  debug-package: false
+  filesystem:
+    cache: cache
+    models: models.yml
+    packages: packages
+  hostname: "nas.example.com"
+  log-level: Error
+  md5: false
+  port: 8080
+  router:
+    download: /download
+    static: /static
+  scheme: http
+  gpg:
+    - |
+      -----BEGIN PGP PUBLIC KEY BLOCK-----
+
+      mQENBFake0BCADtest
+      =abcd
+      -----END PGP PUBLIC KEY BLOCK-----
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def load_in(
+    home: Path, flags: Dict[str, Any] | None = None, environ: Dict[str, str] | None = None, **kwargs: Any
+) -> Dict[str, Any]:
+    return load({"home": str(home), **(flags or {})}, environ or {}, **kwargs)
+
+
+def write_config(home: Path, text: str, name: str = "config.yml") -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / name
+    path.write_text(text)
+    return path
+
+
+def error_of(home: Path, flags: Dict[str, Any] | None = None, environ: Dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_in(home, flags, environ, create_file=False)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# Defaults ###################################################################################################
+
+
+def test_defaults_fill_every_key(home: Path) -> None:
+    cfg = load_in(home, create_file=False)
+    assert set(cfg) == {s.key for s in config.SCHEMA}
+    assert cfg["port"] == 8080  # gosspks' port
+    assert cfg["host"] == "0.0.0.0"
+    assert cfg["home"] == str(home)
+    assert cfg["config"] == str(home / "config.yml")
+    assert cfg["filesystem.packages"] == str(home / "packages")
+    assert cfg["filesystem.cache"] == str(home / "cache")
+    assert cfg["filesystem.models"] == ""
+    assert cfg["router.download"] == "/download" and cfg["router.static"] == "/static"
+    assert cfg["md5"] is True and cfg["debug-package"] is False and cfg["follow-symlinks"] is False
+    assert cfg["watch"] == "auto" and cfg["poll-interval"] == 2.0
+    assert cfg["server.threads"] == 4 and cfg["server.connection-limit"] == 100
+    assert cfg["server.channel-timeout"] == 120.0
+    assert cfg["server.max-request-body-size"] == 1 << 20
+    assert cfg["server.max-request-header-size"] == 64 << 10
+    assert cfg["server.trusted-proxy"] == "" and cfg["server.trusted-proxy-count"] == 1
+    assert cfg["server.trusted-proxy-headers"] == [
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+    ]
+    assert cfg["keyrings"] == []
+    assert cfg["defaults.maintainer"] == "" and cfg["defaults.support-url"] == ""
+    assert not home.exists()  # create_file=False touches nothing
+
+
+def test_default_home_is_spklite_in_the_user_home(tmp_path: Path) -> None:
+    cfg = load({}, {"HOME": str(tmp_path)}, create_file=False)
+    assert cfg["home"] == str(tmp_path / "spklite")
+    assert cfg["filesystem.packages"] == str(tmp_path / "spklite" / "packages")
+
+
+def test_home_and_config_from_the_environment(tmp_path: Path) -> None:
+    other = write_config(tmp_path / "etc", "spklite:\n  port: 7000\n", "spklite.yml")
+    cfg = load({}, {"SPKLITE_HOME": str(tmp_path / "h"), "SPKLITE_CONFIG": str(other)}, create_file=False)
+    assert cfg["home"] == str(tmp_path / "h")
+    assert cfg["config"] == str(other)
+    assert cfg["port"] == 7000
+
+
+# Sources and their order ####################################################################################
+
+FILE = "spklite:\n  port: 1001\n  filesystem:\n    cache: from-file\n  server:\n    threads: 11\n"
+ENV = {"SPKLITE_PORT": "1002", "SPKLITE_FILESYSTEM_CACHE": "/from-env", "SPKLITE_SERVER_THREADS": "12"}
+FLAGS = {"port": "1003", "filesystem.cache": "/from-flag", "server.threads": "13"}
+
+
+@pytest.mark.parametrize(
+    "use_file, use_env, use_flags, expected",
+    [
+        (False, False, False, (8080, "<home>/cache", 4)),
+        (True, False, False, (1001, "<home>/from-file", 11)),
+        (True, True, False, (1002, "/from-env", 12)),
+        (False, True, False, (1002, "/from-env", 12)),
+        (True, True, True, (1003, "/from-flag", 13)),
+        (True, False, True, (1003, "/from-flag", 13)),
+    ],
+)
+def test_flags_beat_environment_beat_file_beat_defaults(
+    home: Path, use_file: bool, use_env: bool, use_flags: bool, expected: tuple
+) -> None:
+    if use_file:
+        write_config(home, FILE)
+    cfg = load_in(home, FLAGS if use_flags else {}, ENV if use_env else {}, create_file=False)
+    port, cache, threads = expected
+    assert (cfg["port"], cfg["filesystem.cache"], cfg["server.threads"]) == (
+        port,
+        cache.replace("<home>", str(home)),
+        threads,
+    )
+
+
+def test_gosspks_environment_names_work_and_spklite_names_win(home: Path) -> None:
+    environ = {
+        "GOSSPKS_HOSTNAME": "old.example.com",
+        "GOSSPKS_LOG_LEVEL": "Warn",
+        "GOSSPKS_ROUTER_STATIC": "img",
+        "GOSSPKS_PORT": "5000",
+        "SPKLITE_PORT": "6000",
+        "GOSSPKS_DEBUG_PACKAGE": "true",
+    }
+    cfg = load_in(home, environ=environ, create_file=False)
+    assert cfg["hostname"] == "old.example.com"
+    assert cfg["log-level"] == "warning"
+    assert cfg["router.static"] == "/img"
+    assert cfg["port"] == 6000
+    assert cfg["debug-package"] is True
+
+
+def test_an_empty_environment_variable_counts_as_unset(home: Path) -> None:
+    write_config(home, "spklite:\n  hostname: from-file\n")
+    cfg = load_in(home, environ={"SPKLITE_HOSTNAME": "", "SPKLITE_PORT": ""}, create_file=False)
+    assert cfg["hostname"] == "from-file" and cfg["port"] == 8080
+
+
+def test_a_flag_given_as_none_is_not_given(home: Path) -> None:
+    cfg = load_in(home, {"port": None}, {"SPKLITE_PORT": "4444"}, create_file=False)
+    assert cfg["port"] == 4444
+
+
+# Config files ###############################################################################################
+
+
+def test_a_gosspks_config_is_read_as_it_is(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_config(home, GOSSPKS_YML)
+    with caplog.at_level(logging.WARNING):
+        cfg = load_in(home, create_file=False)
+    assert cfg["hostname"] == "nas.example.com"
+    assert cfg["scheme"] == "http"
+    assert cfg["log-level"] == "error"
+    assert cfg["md5"] is False
+    assert cfg["filesystem.packages"] == str(home / "packages")
+    assert cfg["filesystem.models"] == ""  # gosspks' downloaded models.yml is not there: the bundled list
+    assert cfg["keyrings"] == [KEY]
+    assert config.keyring_texts(cfg) == [KEY]
+    assert "cache" in caplog.text and "ignored" in caplog.text
+
+
+def test_gosspks_yml_in_the_home_is_found_when_there_is_no_config_yml(home: Path) -> None:
+    path = write_config(home, GOSSPKS_YML, "gosspks.yml")
+    cfg = load_in(home)
+    assert cfg["config"] == str(path) and cfg["hostname"] == "nas.example.com"
+    assert not (home / "config.yml").exists()  # an existing file is no first run
+
+
+def test_spklite_section_wins_over_gosspks_section(home: Path) -> None:
+    write_config(home, "gosspks:\n  port: 1000\n  hostname: a\nspklite:\n  port: 2000\n")
+    cfg = load_in(home, create_file=False)
+    assert (cfg["port"], cfg["hostname"]) == (2000, "a")
+
+
+def test_keys_are_case_insensitive_and_null_means_unset(home: Path) -> None:
+    write_config(home, "spklite:\n  Port: 1234\n  Server:\n    Threads: 8\n  hostname:\n")
+    cfg = load_in(home, create_file=False)
+    assert (cfg["port"], cfg["server.threads"], cfg["hostname"]) == (1234, 8, "")
+
+
+def test_unknown_keys_are_a_warning_not_an_error(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_config(home, "spklite:\n  port: 1234\n  colour: blue\n  server:\n    turbo: on\nport: 99\n")
+    with caplog.at_level(logging.WARNING):
+        cfg = load_in(home, create_file=False)
+    assert cfg["port"] == 1234
+    assert "'colour'" in caplog.text and "'server.turbo'" in caplog.text
+    assert "top-level key 'port'" in caplog.text
+
+
+def test_yaml_errors_name_the_file_and_line(home: Path) -> None:
+    path = write_config(home, "spklite:\n  port: 1\n  hostname: [unclosed\n")
+    message = error_of(home)
+    assert str(path) in message and "line" in message
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "spklite: 5\n"])
+def test_a_file_of_the_wrong_shape_is_an_error(home: Path, text: str) -> None:
+    write_config(home, text)
+    assert "not allowed" in error_of(home)
+
+
+def test_a_bad_value_in_the_file_names_the_file(home: Path) -> None:
+    path = write_config(home, "spklite:\n  server:\n    threads: many\n")
+    message = error_of(home)
+    assert message.startswith("server.threads: 'many' is not allowed:") and str(path) in message
+
+
+def test_yaml_off_is_understood_for_watch(home: Path) -> None:
+    write_config(home, "spklite:\n  watch: off\n")
+    assert load_in(home, create_file=False)["watch"] == "off"
+
+
+# First run ##################################################################################################
+
+
+def test_first_run_writes_the_effective_values(home: Path) -> None:
+    cfg = load_in(home, {"port": "9000"}, {"SPKLITE_DEFAULTS_MAINTAINER": "Me"})
+    text = (home / "config.yml").read_text()
+    document = yaml.safe_load(text)
+    assert document["spklite"]["port"] == 9000
+    assert document["spklite"]["defaults"]["maintainer"] == "Me"
+    assert document["spklite"]["filesystem"]["packages"] == "packages"  # inside home: written relative
+    assert "home" not in document["spklite"] and "config" not in document["spklite"]
+    assert load_in(home) == cfg  # read back, it is the same config
+
+
+def test_an_existing_file_is_never_rewritten(home: Path) -> None:
+    path = write_config(home, "spklite:\n  port: 1234\n")
+    load_in(home, {"port": "4321"})
+    assert path.read_text() == "spklite:\n  port: 1234\n"
+
+
+def test_first_run_file_at_an_explicit_config_path(tmp_path: Path, home: Path) -> None:
+    target = tmp_path / "elsewhere.yml"
+    load_in(home, {"config": str(target)})
+    assert yaml.safe_load(target.read_text())["spklite"]["port"] == 8080
+
+
+def test_no_crash_when_the_home_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = load({"home": str(blocker / "home")}, {})
+    assert cfg["port"] == 8080
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_no_crash_when_the_home_is_read_only(tmp_path: Path) -> None:
+    home = tmp_path / "ro"
+    home.mkdir()
+    home.chmod(0o555)
+    try:
+        cfg = load({"home": str(home)}, {})
+        assert cfg["home"] == str(home) and not (home / "config.yml").exists()
+    finally:
+        home.chmod(0o755)
+
+
+# Values #####################################################################################################
+
+
+@pytest.mark.parametrize(
+    "raw, seconds",
+    [
+        ("2", 2.0),
+        (3, 3.0),
+        ("0.5", 0.5),
+        ("1.5m", 90.0),
+        ("1h30m", 5400.0),
+        ("1d", 86400.0),
+        ("250ms", 0.25),
+        (" 10 s ", 10.0),
+        ("2H", 7200.0),
+    ],
+)
+def test_durations(home: Path, raw: Any, seconds: float) -> None:
+    assert load_in(home, {"poll-interval": raw}, create_file=False)["poll-interval"] == seconds
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "2 weeks", "1x", "s", "1m-5s", "nan", True])
+def test_bad_durations(home: Path, raw: Any) -> None:
+    assert error_of(home, {"poll-interval": raw}).startswith("poll-interval: ")
+
+
+@pytest.mark.parametrize(
+    "raw, size",
+    [
+        ("2048", 2048),
+        (1536, 1536),
+        ("512K", 512 << 10),
+        ("1M", 1 << 20),
+        ("1MiB", 1 << 20),
+        ("1MB", 10**6),
+        ("1.5k", 1536),
+        ("2 GiB", 2 << 30),
+        ("64kb", 64000),
+    ],
+)
+def test_sizes(home: Path, raw: Any, size: int) -> None:
+    assert (
+        load_in(home, {"server.max-request-body-size": raw}, create_file=False)["server.max-request-body-size"] == size
+    )
+
+
+@pytest.mark.parametrize("raw", ["1X", "0", "-5", "M", "100", "1 TB"])
+def test_bad_sizes(home: Path, raw: str) -> None:
+    assert error_of(home, {"server.max-request-header-size": raw}).startswith("server.max-request-header-size: ")
+
+
+@pytest.mark.parametrize(
+    "raw, prefix",
+    [("download", "/download"), ("/dl", "/dl"), ("dl/", "/dl"), ("/pkgs/v2/", "/pkgs/v2"), (" files ", "/files")],
+)
+def test_prefixes_with_or_without_slashes(home: Path, raw: str, prefix: str) -> None:
+    assert load_in(home, {"router.download": raw}, create_file=False)["router.download"] == prefix
+
+
+@pytest.mark.parametrize(
+    "raw", ["/", "", "v1", "/v1/x", "/about", "health", "getList", "a/../b", "a//b", "with space", "a?b"]
+)
+def test_bad_prefixes(home: Path, raw: str) -> None:
+    assert error_of(home, {"router.static": raw}).startswith("router.static: ")
+
+
+@pytest.mark.parametrize("download, static", [("/files", "files"), ("/a", "/a/b"), ("/a/b", "a")])
+def test_download_and_static_prefixes_must_be_apart(home: Path, download: str, static: str) -> None:
+    assert "router.static" in error_of(home, {"router.download": download, "router.static": static})
+
+
+def test_a_changed_download_prefix_clashing_with_the_default_static_is_blamed(home: Path) -> None:
+    assert error_of(home, {"router.download": "static"}).startswith("router.download: '/static'")
+
+
+@pytest.mark.parametrize(
+    "raw, level",
+    [
+        ("DEBUG", "debug"),
+        ("Error", "error"),
+        ("Warn", "warning"),
+        ("trace", "debug"),
+        ("Fatal", "error"),
+        ("info", "info"),
+    ],
+)
+def test_log_levels_include_gosspks_names(home: Path, raw: str, level: str) -> None:
+    assert load_in(home, {"log-level": raw}, create_file=False)["log-level"] == level
+
+
+@pytest.mark.parametrize("raw, value", [("yes", True), ("Off", False), ("1", True), ("false", False), (True, True)])
+def test_booleans(home: Path, raw: Any, value: bool) -> None:
+    assert load_in(home, {"follow-symlinks": raw}, create_file=False)["follow-symlinks"] is value
+
+
+@pytest.mark.parametrize(
+    "raw, value",
+    [
+        ("nas.example.com", "nas.example.com"),
+        ("nas.lan:5000/", "nas.lan:5000"),
+        ("example.com/spk", "example.com/spk"),
+        ("[::1]:8080", "[::1]:8080"),
+    ],
+)
+def test_hostnames(home: Path, raw: str, value: str) -> None:
+    assert load_in(home, {"hostname": raw}, create_file=False)["hostname"] == value
+
+
+@pytest.mark.parametrize("raw", ["http://nas.lan", "nas lan", "nas.lan?x=1"])
+def test_bad_hostnames(home: Path, raw: str) -> None:
+    assert error_of(home, {"hostname": raw}).startswith("hostname: ")
+
+
+@pytest.mark.parametrize("raw", ["127.0.0.1", "*", "::1", ""])
+def test_trusted_proxies(home: Path, raw: str) -> None:
+    assert load_in(home, {"server.trusted-proxy": raw}, create_file=False)["server.trusted-proxy"] == raw
+
+
+def test_trusted_proxy_headers_from_text_and_lists(home: Path) -> None:
+    cfg = load_in(home, {"server.trusted-proxy-headers": "X-Forwarded-For, forwarded"}, create_file=False)
+    assert cfg["server.trusted-proxy-headers"] == ["x-forwarded-for", "forwarded"]
+    cfg = load_in(home, {"server.trusted-proxy-headers": ["x-forwarded-proto"]}, create_file=False)
+    assert cfg["server.trusted-proxy-headers"] == ["x-forwarded-proto"]
+    assert "x-evil" in error_of(home, {"server.trusted-proxy-headers": "x-evil"})
+
+
+def test_host_accepts_ipv6_in_brackets(home: Path) -> None:
+    assert load_in(home, {"host": "[::]"}, create_file=False)["host"] == "::"
+
+
+@pytest.mark.parametrize(
+    "flags, key",
+    [
+        ({"port": "70000"}, "port"),
+        ({"port": "http"}, "port"),
+        ({"port": "0"}, "port"),
+        ({"server.threads": "0"}, "server.threads"),
+        ({"scheme": "ftp"}, "scheme"),
+        ({"watch": "never"}, "watch"),
+        ({"log-level": "loud"}, "log-level"),
+        ({"md5": "maybe"}, "md5"),
+        ({"host": ""}, "host"),
+        ({"server.trusted-proxy": "proxy.lan"}, "server.trusted-proxy"),
+        ({"filesystem.packages": ""}, "filesystem.packages"),
+        ({"keyrings": ["-----BEGIN PGP PUBLIC KEY BLOCK----- cut short"]}, "keyrings"),
+        ({"home": ""}, "home"),
+    ],
+)
+def test_every_bad_value_is_one_line_naming_key_value_and_what_is_allowed(
+    home: Path, flags: Dict[str, Any], key: str
+) -> None:
+    message = error_of(home, flags)
+    assert message.startswith(f"{key}: '")
+    assert "is not allowed: " in message
+
+
+def test_the_message_names_an_environment_source(home: Path) -> None:
+    message = error_of(home, environ={"GOSSPKS_PORT": "eighty"})
+    assert message == ("port: 'eighty' is not allowed: a whole number from 1 to 65535 (from environment GOSSPKS_PORT)")
+
+
+# Paths and keyrings #########################################################################################
+
+
+def test_relative_paths_are_taken_against_the_home(home: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models.yml"
+    models.write_text("[]\n")
+    cfg = load_in(
+        home,
+        {"filesystem.packages": "spk", "filesystem.cache": "/var/cache/spklite", "filesystem.models": str(models)},
+        create_file=False,
+    )
+    assert cfg["filesystem.packages"] == str(home / "spk")
+    assert cfg["filesystem.cache"] == "/var/cache/spklite"
+    assert cfg["filesystem.models"] == str(models)
+
+
+def test_keyrings_files_and_armoured_keys(home: Path, tmp_path: Path) -> None:
+    home.mkdir()
+    (home / "mine.asc").write_text("comment\n" + KEY + "\n")
+    cfg = load_in(home, {"keyrings": ["mine.asc", KEY]}, create_file=False)
+    assert cfg["keyrings"] == [str(home / "mine.asc"), KEY]
+    assert config.keyring_texts(cfg) == [KEY, KEY]
+
+
+def test_keyrings_from_the_environment_are_colon_separated(home: Path) -> None:
+    cfg = load_in(home, environ={"SPKLITE_KEYRINGS": "/a.asc:/b.asc"}, create_file=False)
+    assert cfg["keyrings"] == ["/a.asc", "/b.asc"]
+
+
+def test_an_unreadable_keyring_names_the_file(home: Path, tmp_path: Path) -> None:
+    cfg = load_in(home, {"keyrings": ["/nonexistent/key.asc"]}, create_file=False)
+    with pytest.raises(ConfigError, match=r"^keyrings: cannot read '/nonexistent/key.asc'"):
+        config.keyring_texts(cfg)
+    binary = tmp_path / "key.gpg"
+    binary.write_bytes(b"\x99\x01\x0d\x04\xff")
+    cfg = load_in(home, {"keyrings": [str(binary)]}, create_file=False)
+    with pytest.raises(ConfigError, match="ASCII-armoured"):
+        config.keyring_texts(cfg)
+
+
+# Output #####################################################################################################
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_dump_reads_back_as_the_same_config(home: Path, tmp_path: Path, fmt: str) -> None:
+    cfg = load_in(
+        home,
+        {
+            "port": "8081",
+            "poll-interval": "1.5",
+            "server.channel-timeout": "90",
+            "server.max-request-body-size": "100000",
+            "keyrings": [KEY],
+            "debug-package": True,
+            "filesystem.cache": "/srv/cache",
+        },
+        create_file=False,
+    )
+    text = config.dump(cfg, fmt)
+    dumped = tmp_path / f"dumped.{fmt}"
+    dumped.write_text(text)  # JSON is YAML, so both are valid config files
+    again = load_in(home, {"config": str(dumped)}, create_file=False)
+    assert {k: v for k, v in again.items() if k != "config"} == {k: v for k, v in cfg.items() if k != "config"}
+    nested = yaml.safe_load(text)["spklite"]
+    assert nested["server"]["channel-timeout"] == "90s" and nested["filesystem"]["cache"] == "/srv/cache"
