@@ -186,3 +186,14 @@ def test_unknown_routes_and_methods_are_json(make_client):
     assert res.content_type == "application/json"
     res = app.put("/", status=405)
     assert "Traceback" not in res.text
+
+
+def test_operator_models_file_and_a_foreign_one(make_client, tmp_path):
+    mine = tmp_path / "mine.yml"
+    mine.write_text("- {model: DS-HOME, platform: apollolake, family: x86_64}\n")
+    app, _ = make_client(**{"filesystem.models": str(mine)})
+    assert app.get("/v1/models").json == [{"model": "DS-HOME", "platform": "apollolake", "family": "x86_64"}]
+    foreign = tmp_path / "gosspks-models.yml"
+    foreign.write_text("models:\n  DS918+: {arch: apollolake}\n")
+    app, _ = make_client(**{"filesystem.models": str(foreign)})
+    assert len(app.get("/v1/models").json) > 200  # the bundled list, not a crash
