@@ -6,6 +6,7 @@ request's own Host; the catalog and the index never hold URLs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -65,10 +66,14 @@ class Server:
         self.index = index
         self.catalog_settings = dict(cfg, keyrings=keyrings or [])
         self.watch_mode = watch_mode
-        self.models = load_models(cfg.get("filesystem.models", ""))
         self.default_icon = asset("default-icon.png")
         self._catalog: Tuple[int, Catalog] = (-1, Catalog([], self.catalog_settings))
         self._catalog_lock = threading.Lock()
+
+    @functools.cached_property
+    def models(self) -> List[Dict[str, Any]]:
+        """Loaded on first use: YAML parsing is slow without PyYAML's C module (the zipapp)."""
+        return load_models(self.cfg.get("filesystem.models", ""))
 
     def catalog(self) -> Tuple[State, Catalog]:
         """The catalog of the current index state, built once per state."""

@@ -1,16 +1,218 @@
-"""The web page for people opening the server's URL (SPEC 4). Placeholder until issue 6."""
+"""The web page for people opening the server's URL (SPEC 4).
+
+It shows the Location to type in Package Center, a picker (model or
+platform, DSM version, channel) and what that NAS would get. The list comes
+from the same `Catalog.newest`/`Catalog.entry` the NAS answer uses, through
+the same `Query.from_params`, so the page cannot disagree with the JSON.
+
+The form's parameter names (model, platform, dsm, channel, view) are not the
+NAS's (arch, build, unique): a browser submitting it still gets this page.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlencode
 
 import bottle
 
+from spklite import __version__, synology
+from spklite.catalog import Query
 
-def render(server: Any, get: Callable[[str], Optional[str]]) -> str:
+Get = Callable[[str], Optional[str]]
+
+# ("7.2.2", 72806), ("7.2", 63134), ... newest first.
+DSM_OPTIONS: Tuple[Tuple[str, int], ...] = tuple(
+    (f"{ma}.{mi}.{mc}" if mc else f"{ma}.{mi}", build) for (ma, mi, mc), build in reversed(synology.DSM_BUILDS)
+)
+PLATFORMS = tuple(sorted(set(synology.PLATFORM_FAMILY) | synology.PLATFORMS_WITHOUT_FAMILY))
+CHANNELS = ("stable", "beta")
+
+
+@lru_cache(maxsize=None)
+def _asset(name: str) -> str:
+    # importlib.resources, not a path on disk: it works inside the .pyz too.
+    return resources.files("spklite").joinpath("web").joinpath(name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def _template() -> bottle.SimpleTemplate:
+    return bottle.SimpleTemplate(source=_asset("page.tpl"))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A NAS described by the form, as the catalog request it would send."""
+
+    title: str  # "DS918+ (apollolake)" or "platform apollolake"
+    platform: str
+    dsm: str
+    build: int
+    channel: str
+    unique: str
+
+    def nas_params(self) -> Dict[str, str]:
+        major, minor = self.dsm.split(".")[:2]
+        params = {
+            "arch": self.platform,
+            "build": str(self.build),
+            "major": major,
+            "minor": minor,
+            "package_update_channel": self.channel,
+        }
+        if self.unique:
+            params["unique"] = self.unique
+        return params
+
+
+def unique_of(model: Mapping[str, Any]) -> str:
+    """The `unique` a model sends: synoinfo.conf drops the "DS" prefix
+    (DS918+ -> synology_apollolake_918+) but keeps others (rs3617xs)."""
+    name = str(model["model"]).lower().replace(" ", "")
+    if name.startswith("ds"):
+        name = name[2:]
+    return f"synology_{model['platform']}_{name}"
+
+
+def find_model(models: List[Dict[str, Any]], typed: str) -> Optional[Dict[str, Any]]:
+    wanted = typed.lower().replace(" ", "")
+    for candidate in (wanted, "ds" + wanted):
+        for model in models:
+            if str(model["model"]).lower().replace(" ", "") == candidate:
+                return model
+    return None
+
+
+def pick(models: List[Dict[str, Any]], get: Get) -> Tuple[Optional[Choice], List[str]]:
+    """The NAS the form describes (None when nothing usable was picked) and
+    messages for the visitor about values that could not be used."""
+    messages: List[str] = []
+    model_text = (get("model") or "").strip()
+    platform = synology.normalize_platform(get("platform") or "")
+    dsm = (get("dsm") or "").strip()
+    channel = (get("channel") or "stable").strip().lower()
+
+    title = ""
+    unique = ""
+    if model_text:
+        model = find_model(models, model_text)
+        if model is None:
+            messages.append(f"Unknown NAS model “{model_text}”: pick one from the list, or choose a platform.")
+        else:
+            if platform and platform != synology.normalize_platform(str(model["platform"])):
+                messages.append(
+                    f"{model['model']} is a {model['platform']} NAS: the platform choice "
+                    f"{platform} was ignored (clear the model to pick a platform)."
+                )
+            platform = synology.normalize_platform(str(model["platform"]))
+            title = f"{model['model']} ({platform})"
+            unique = unique_of(model)
+    if not title and platform:
+        if platform in PLATFORMS:
+            title = f"platform {platform}"
+        else:
+            messages.append(f"Unknown platform “{platform}”: pick one from the list.")
+    builds = dict(DSM_OPTIONS)
+    if dsm and dsm not in builds:
+        messages.append(f"Unknown DSM version “{dsm}”: pick one from the list.")
+        title = ""
+    if channel not in CHANNELS:
+        messages.append(f"Unknown channel “{channel}”: use stable or beta.")
+        title = ""
+    if not title:
+        if (dsm or get("channel")) and not messages:
+            messages.append("Pick a NAS model or a platform to see what that NAS gets.")
+        return None, messages
+    dsm = dsm or DSM_OPTIONS[0][0]
+    return Choice(title, platform, dsm, builds[dsm], channel, unique), messages
+
+
+def human_size(size: int) -> str:
+    if size < 1000:
+        return f"{size} B"
+    value = size / 1000
+    for unit in ("KB", "MB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def dsm_range(info: Mapping[str, str]) -> str:
+    """ "DSM 7.0+" / "DSM 6.0–6.2" / "any DSM" from os_min_ver (or firmware) and os_max_ver."""
+    low = synology.parse_firmware(info.get("os_min_ver")) or synology.parse_firmware(info.get("firmware"))
+    high = synology.parse_firmware(info.get("os_max_ver"))
+    low_text = f"{low.major}.{low.minor}" if low else ""
+    if high:
+        return f"DSM {low_text or '?'}–{high.major}.{high.minor}"
+    return f"DSM {low_text}+" if low else "any DSM"
+
+
+def item(obj: Mapping[str, Any], offer: Any) -> Dict[str, Any]:
+    """What the template shows for one package, from its catalog entry."""
+    info = offer.record.package.info
+    retina = obj.get("thumbnail_retina") or []
+    return {
+        "name": obj["dname"],
+        "package": obj["package"],
+        "version": obj["version"],
+        "desc": obj["desc"],
+        "icon": obj["thumbnail"][0],
+        "icon2x": retina[0] if retina else "",
+        "link": obj["link"],
+        "size": human_size(obj["size"]),
+        "dsm": dsm_range(info),
+        "arch": info.get("arch", ""),
+        "beta": offer.beta,
+        "file": offer.record.path,
+        "warnings": offer.record.package.warnings,
+    }
+
+
+def render(server: Any, get: Get) -> str:
+    state, catalog = server.catalog()
     links = server.links()
-    return bottle.template(
-        "<!doctype html><title>spklite</title><h1>spklite</h1>"
-        "<p>Add <code>{{url}}/</code> as a package source in Package Center.</p>",
-        url=links.base,
+    choice, messages = pick(server.models, get)
+    view = (get("view") or "").strip()
+    if view not in ("", "files"):
+        messages.append(f"Unknown view “{view}”.")
+        view = ""
+    nas_link = ""
+    if view == "files":
+        items = [item(catalog.file_object(o, links), o) for o in catalog.offers]
+    elif choice is not None:
+        query = Query.from_params(choice.nas_params().get)
+        dsm7 = choice.build >= synology.DSM7_BUILD
+        items = [item(catalog.entry(o, query.language, links, dsm7), o) for o in catalog.newest(query)]
+        nas_link = "./?" + urlencode(choice.nas_params())
+    else:  # nothing picked yet: the newest version of every package, whatever NAS it is for
+        by_path = {offer.record.path: offer for offer in catalog.offers}
+        items = [item(obj, by_path[obj["file"]]) for obj in catalog.files(links, latest=True)]
+    return _template().render(
+        css=_asset("style.css"),
+        version=__version__,
+        location=links.base.rstrip("/") + "/",
+        folder=server.cfg["filesystem.packages"],
+        watching=server.watch_mode() != "off",
+        total=len(state.records),
+        rejected=sorted(state.rejected.values(), key=lambda r: r.path),
+        models=server.models,
+        platforms=PLATFORMS,
+        families=synology.PLATFORM_FAMILY,
+        dsm_options=[label for label, _ in DSM_OPTIONS],
+        channels=CHANNELS,
+        form={
+            "model": (get("model") or "").strip(),
+            "platform": (get("platform") or "").strip().lower(),
+            "dsm": (get("dsm") or "").strip(),
+            "channel": (get("channel") or "stable").strip().lower(),
+        },
+        choice=choice,
+        messages=messages,
+        view=view,
+        items=items,
+        nas_link=nas_link,
     )
