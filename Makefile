@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(BIN)/spklite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not stress"
 
 lint: $(STAMP)
 	$(BIN)/ruff check spklite tests
@@ -30,3 +30,11 @@ pyz: $(STAMP)
 
 spk: pyz
 	$(BIN)/python tools/build_spk.py --pyz dist/spklite.pyz -o dist
+
+# The benchmark (issues 3 and 4): builds its corpora in /tmp, prints one markdown table (~5 min).
+# BENCH_ARGS="--runs 5 --keep" etc.; see `$(BIN)/python bench/run.py --help`.
+bench: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "bench: wrk not installed: a Python client drives the load (slower, less exact)"
+	$(BIN)/pip install -q py-spy || echo "bench: py-spy not installed: misses are not profiled"
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,191 @@
+"""The single-file zipapp (SPEC 5): built here, run by interpreters that have none of spklite's dependencies."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any, List, Tuple
+
+import pytest
+from conftest import free_port, wait_for
+from spkbuilder import build_spk
+
+from spklite import __version__
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPENDENCIES = ("bottle", "waitress", "yaml", "inotify_simple")
+DSM7_CATALOG = "/?arch=apollolake&build=42661&major=7&minor=1&language=enu"
+
+
+# Shared with test_openwrt and test_synology_spk ###############################################
+
+def build_pyz(target: Path) -> Path:
+    """Run the build script the way `make pyz` does."""
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "build_pyz.py"), "-o", str(target)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return target
+
+
+def shared_pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's pyz, built on first use: every module that needs one shares it."""
+    target = tmp_path_factory.getbasetemp() / "pyz-build" / "spklite.pyz"
+    return target if target.exists() else build_pyz(target)
+
+
+PROBE = ("import sys, importlib.util as u; print(sys.version_info[0], sys.version_info[1], "
+         f"*[n for n in {DEPENDENCIES!r} if u.find_spec(n)])")
+
+
+def bare_pythons() -> List[str]:
+    """The oldest and the newest Python >= 3.9 on this machine without any of spklite's dependencies."""
+    pyenv = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    candidates = sorted(glob.glob(os.path.join(pyenv, "versions", "*", "bin", "python3")))
+    candidates += [p for p in (shutil.which("python3"), "/usr/bin/python3") if p and os.path.exists(p)]
+    probes = {}
+    for python in dict.fromkeys(candidates):  # all at once: each takes a moment to start
+        try:
+            probes[python] = subprocess.Popen([python, "-I", "-c", PROBE], stdout=subprocess.PIPE,
+                                              stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            continue
+    by_version = {}
+    for python, process in probes.items():
+        out = process.communicate(timeout=30)[0].split()
+        if process.returncode == 0 and len(out) == 2:  # 2 = major and minor, no dependency importable
+            version = (int(out[0]), int(out[1]))
+            if version >= (3, 9):
+                by_version.setdefault(version, python)
+    if not by_version:
+        return []
+    versions = sorted(by_version)
+    return [by_version[v] for v in sorted({versions[0], versions[-1]})]
+
+
+def get(url: str, timeout: float = 10) -> Tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def get_json(url: str) -> Any:
+    status, body = get(url)
+    assert status == 200
+    return json.loads(body)
+
+
+def answers(url: str) -> bool:
+    try:
+        return get(url, timeout=2)[0] == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def catalog_packages(base: str, query: str = DSM7_CATALOG) -> List[str]:
+    return [entry["package"] for entry in get_json(base + query)["packages"]]
+
+
+# Fixtures #####################################################################################
+
+BARE = bare_pythons()
+needs_bare = pytest.mark.parametrize(
+    "python", BARE or [pytest.param(None, marks=pytest.mark.skip(
+        reason="no Python >= 3.9 without bottle/waitress/yaml/inotify_simple found (pyenv or /usr/bin)"))],
+    ids=lambda p: os.path.basename(os.path.dirname(os.path.dirname(p))) if p else "none")
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_pyz(tmp_path_factory)
+
+
+def run(python: str, pyz: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-I", str(pyz), *args], capture_output=True, text=True, timeout=60,
+                          cwd=str(cwd), env={"PATH": os.environ.get("PATH", ""), "HOME": str(cwd)})
+
+
+# The archive ##################################################################################
+
+def test_two_builds_are_byte_identical(pyz: Path, tmp_path: Path) -> None:
+    assert build_pyz(tmp_path / "again.pyz").read_bytes() == pyz.read_bytes()
+
+
+def test_archive_is_sorted_dated_and_pure_python(pyz: Path) -> None:
+    assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert os.access(pyz, os.X_OK)
+    with zipfile.ZipFile(pyz) as archive:
+        entries = archive.infolist()
+    names = [e.filename for e in entries]
+    assert names == sorted(names)
+    assert {e.date_time for e in entries} == {(1980, 1, 1, 0, 0, 0)}
+    assert {e.external_attr >> 16 for e in entries if not e.is_dir()} == {0o100644}
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".so")) or n.startswith("_yaml/")]
+    for module in ("__main__.py", "spklite/cli.py", "spklite/web/default-icon.png", "spklite/models.yml",
+                   "bottle.py", "waitress/server.py", "yaml/__init__.py", "inotify_simple.py"):
+        assert module in names
+    licences = {n.split("/")[1] for n in names if n.startswith("licenses/") and not n.endswith("/")}
+    assert licences == {"spklite", "bottle", "waitress", "PyYAML", "inotify-simple"}
+
+
+# Running it with a bare interpreter ##########################################################
+
+@needs_bare
+def test_every_subcommand_runs_without_dependencies(python: str, pyz: Path, tmp_path: Path) -> None:
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    build_spk(packages / "demo.spk")
+
+    helped = run(python, pyz, "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "usage:" in helped.stdout, helped.stderr
+
+    version = run(python, pyz, "version", cwd=tmp_path)
+    assert version.returncode == 0 and __version__ in version.stdout, version.stderr
+
+    shown = run(python, pyz, "config", "--json", "-H", str(tmp_path / "home"), "--port", "8123", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["spklite"]["port"] == 8123
+
+    checked = run(python, pyz, "check", str(packages / "demo.spk"), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    scanned = run(python, pyz, "scan", "-H", str(tmp_path / "home"), "--packages", str(packages), cwd=tmp_path)
+    assert scanned.returncode == 0, scanned.stdout + scanned.stderr
+    assert list((tmp_path / "home").rglob("*.json")), "scan writes the index snapshot"
+
+
+@needs_bare
+def test_serves_a_catalog_and_stops_cleanly(python: str, pyz: Path, tmp_path: Path) -> None:
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    build_spk(packages / "demo.spk")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "spklite.log", "w+")
+    server = subprocess.Popen(
+        [python, "-I", str(pyz), "serve", "-H", str(tmp_path / "home"), "--packages", str(packages),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), env={"PATH": os.environ.get("PATH", "")})
+    try:
+        assert wait_for(lambda: answers(base + "/health") or server.poll() is not None, timeout=30)
+        assert server.poll() is None, Path(log.name).read_text()
+        health = get_json(base + "/health")
+        assert health["status"] == "ok" and health["packages"] == 1
+        assert catalog_packages(base) == ["demo"]
+        page = urllib.request.Request(base + "/", headers={"Accept": "text/html"})
+        with urllib.request.urlopen(page, timeout=10) as response:  # the template is read from the zip too
+            assert response.status == 200 and b"demo" in response.read()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        log.close()
