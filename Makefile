@@ -38,3 +38,7 @@ bench: $(STAMP)
 		|| echo "bench: wrk not installed: a Python client drives the load (slower, less exact)"
 	$(BIN)/pip install -q py-spy || echo "bench: py-spy not installed: misses are not profiled"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The hostile-world suite at full size (10,000+ fuzz cases, 60 s of load, 100 kill -9 trials).
+stress: $(STAMP)
+	SPKLITE_STRESS=full $(BIN)/python -m pytest -q -m stress tests/stress

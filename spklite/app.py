@@ -111,8 +111,11 @@ def param_getter() -> Callable[[str], Optional[str]]:
     except bottle.HTTPError:  # a body too large to parse: the query string still counts
         params = req.query
     def get(name: str) -> Optional[str]:
-        value = params.getunicode(name)
-        return None if value is None else value[:256]
+        value = params.get(name)  # bottle keeps the raw bytes as Latin-1 text
+        if value is None:
+            return None
+        # Not UTF-8 (`arch=%ff`) still counts as given: a NAS always gets its JSON (SPEC 1.2).
+        return value.encode("latin-1", "replace").decode("utf-8", "replace")[:256]
     return get
 
 
@@ -179,21 +182,33 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         if "HTTP_IF_NONE_MATCH" in env:  # RFC 9110 13.1.3: If-None-Match wins over If-Modified-Since
             env.pop("HTTP_IF_MODIFIED_SINCE", None)
         etag = '"%x-%x-%x"' % (record.inode, record.mtime_ns, record.size)
-        response = bottle.static_file(path, root=server.index.root, mimetype="application/octet-stream",
-                                      download=path.rsplit("/", 1)[-1], etag=etag)
-        return stream_range(response, os.path.join(server.index.root, path))
+        full = os.path.join(server.index.root, path)
+        try:
+            response = bottle.static_file(path, root=server.index.root, mimetype="application/octet-stream",
+                                          download=path.rsplit("/", 1)[-1], etag=etag)
+            response = stream_range(response, full)
+        except OSError:  # deleted or renamed after the index lookup (bottle's open fails: not a 500)
+            return error(404, "no such package file")
+        if getattr(response, "status_code", 200) == 403 and not os.path.exists(full):
+            return error(404, "no such package file")  # bottle's access check ran after it vanished
+        return response
 
     @app.route(static + "/<name>", method=["GET", "HEAD"])
     def static_file(name: str) -> Any:
         if name == DEFAULT_ICON:
-            bottle.response.set_header("Cache-Control", "public, max-age=86400")
-            bottle.response.content_type = "image/png"
-            return server.default_icon
+            return default_icon(max_age=86400)
         if not BLOB_NAME.match(name):
             return error(404, "no such file")
         response = bottle.static_file(name, root=server.index.blob_dir)
+        if response.status_code == 404 and server.index.cache_error:
+            return default_icon(max_age=0)  # icons could not be stored: better a default than none
         response.set_header("Cache-Control", "public, max-age=31536000, immutable")
         return response
+
+    def default_icon(max_age: int) -> bytes:
+        bottle.response.set_header("Cache-Control", f"public, max-age={max_age}")
+        bottle.response.content_type = "image/png"
+        return server.default_icon
 
     # -- the JSON API -------------------------------------------------------------
 

@@ -440,7 +440,7 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("server.threads", 4, integer(1, 1000), "worker threads", TUNING, ("--threads",)),
     Setting(
         "server.connection-limit",
-        100,
+        500,  # idle keep-alive clients count too: 100 (waitress' default) is easily reached
         integer(1, 100000),
         "most simultaneous connections",
         TUNING,

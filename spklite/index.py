@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_SCHEMA = 1
 SNAPSHOT_NAME = "index.json"
 BLOB_DIR = "blobs"
+TEMP_PREFIX = ".tmp-"  # atomic_write's temp files; a crash may leave some behind
 IGNORED_SUFFIXES = (".part", ".tmp", "~", ".partial", ".crdownload")
 Signature = Tuple[int, int, int]  # size, mtime_ns, inode
 
@@ -302,6 +303,7 @@ class Index:
 
     def load_snapshot(self) -> bool:
         """Start from the saved snapshot when it is ours; False when it was not usable."""
+        self._remove_stale_temps()
         try:
             with open(self.snapshot_path, "rb") as fh:
                 data = json.load(fh)
@@ -323,6 +325,19 @@ class Index:
             self.current = State(self.current.version + 1, records, rejected)
             self.stats["from_snapshot"] = len(records) + len(rejected)
         return True
+
+    def _remove_stale_temps(self) -> None:
+        """Delete the temp files of writes a crash interrupted (kill -9, power cut): never renamed, never used."""
+        for folder in (self.cache_dir, self.blob_dir):
+            try:
+                names = [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)]
+            except OSError:
+                continue
+            for name in names:
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except OSError:
+                    pass
 
     def save_snapshot(self, force: bool = False) -> bool:
         """Write the snapshot atomically when something changed since the last write."""
@@ -356,7 +371,7 @@ def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
     Not `durable`: no fsync (icons can be extracted again; thousands of fsyncs make a slow cold start).
     """
     folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -95,7 +95,7 @@ def test_defaults_fill_every_key(home: Path) -> None:
     assert cfg["router.download"] == "/download" and cfg["router.static"] == "/static"
     assert cfg["md5"] is True and cfg["debug-package"] is False and cfg["follow-symlinks"] is False
     assert cfg["watch"] == "auto" and cfg["poll-interval"] == 2.0
-    assert cfg["server.threads"] == 4 and cfg["server.connection-limit"] == 100
+    assert cfg["server.threads"] == 4 and cfg["server.connection-limit"] == 500
     assert cfg["server.channel-timeout"] == 120.0
     assert cfg["server.max-request-body-size"] == 1 << 20
     assert cfg["server.max-request-header-size"] == 64 << 10

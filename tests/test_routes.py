@@ -197,3 +197,14 @@ def test_operator_models_file_and_a_foreign_one(make_client, tmp_path):
     foreign.write_text("models:\n  DS918+: {arch: apollolake}\n")
     app, _ = make_client(**{"filesystem.models": str(foreign)})
     assert len(app.get("/v1/models").json) > 200  # the bundled list, not a crash
+
+
+def test_icons_fall_back_to_the_default_when_the_cache_is_unwritable(packages, make_client, tmp_path):
+    build_spk(packages / "a.spk", {"package": "a"}, icon=True)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    app, index = make_client(**{"filesystem.cache": str(blocker / "cache")})
+    assert index.cache_error and app.get("/health").json["cache_error"]
+    icon_url = app.get("/", {"arch": "apollolake", "build": "42661"}).json["packages"][0]["thumbnail"][0]
+    icon = app.get(icon_url.split("localhost:80", 1)[-1])
+    assert icon.body == app.get("/static/spklite-default-icon.png").body
