@@ -7,6 +7,7 @@ computed once per index state (`Offer`); answers are memoised per request key.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -18,7 +19,8 @@ TRUE_WORDS = frozenset(("yes", "true", "1", "on"))
 FALSE_WORDS = frozenset(("no", "false", "0", "off"))
 DEFAULT_FIELDS = ("maintainer", "maintainer_url", "distributor", "distributor_url", "support_url")
 OPTIONAL_BOOLS = ("silent_install", "silent_upgrade", "silent_uninstall")
-MEMO_SIZE = 512
+MEMO_ENTRIES = 256
+MEMO_BYTES = 8 << 20  # a 1,000-package answer is ~60 KB: memory stays bounded on a small device
 
 
 def truth(value: Optional[str]) -> Optional[bool]:
@@ -146,13 +148,16 @@ class Links:
 
 
 class Catalog:
-    """The answers for one index state. Thread-safe for readers (the memo is
-    a dict that only ever gains or loses whole entries)."""
+    """The answers for one index state, memoised (bounded by count and bytes)."""
 
-    def __init__(self, records: Iterable[Any], settings: Mapping[str, Any]):
-        self.offers = sorted(
-            (Offer.of(r) for r in records), key=lambda o: (o.package, o.record.path)
-        )
+    def __init__(self, records: Iterable[Any], settings: Mapping[str, Any], previous: Optional["Catalog"] = None):
+        # Records the previous state had too keep their offer: only changed files cost work.
+        known = {id(o.record): o for o in previous.offers} if previous else {}
+        offers = []
+        for record in records:
+            offer = known.get(id(record))
+            offers.append(offer if offer is not None and offer.record is record else Offer.of(record))
+        self.offers = sorted(offers, key=lambda o: (o.package, o.record.path))
         self.settings = settings
         self.keyrings: List[str] = list(settings.get("keyrings", ()))
         self.defaults: Dict[str, str] = {
@@ -161,6 +166,8 @@ class Catalog:
         self.with_md5 = bool(settings.get("md5", True))
         self.uses_models = any(o.models or o.exclude_models for o in self.offers)
         self._memo: "OrderedDict[tuple, bytes]" = OrderedDict()
+        self._memo_bytes = 0
+        self._memo_lock = threading.Lock()
 
     # -- the NAS answer --------------------------------------------------------
 
@@ -173,12 +180,11 @@ class Catalog:
         body = self._memo.get(key)
         if body is None:
             body = self._render(query, links, None)
-            self._memo[key] = body
-            while len(self._memo) > MEMO_SIZE:
-                try:
-                    self._memo.popitem(last=False)
-                except KeyError:  # another thread trimmed it first
-                    break
+            with self._memo_lock:  # only on a miss: answers being computed
+                self._memo[key] = body
+                self._memo_bytes += len(body)
+                while self._memo and (len(self._memo) > MEMO_ENTRIES or self._memo_bytes > MEMO_BYTES):
+                    self._memo_bytes -= len(self._memo.popitem(last=False)[1])
         return body
 
     def _render(self, query: Query, links: Links, debug: Optional[Dict[str, str]]) -> bytes:

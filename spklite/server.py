@@ -80,6 +80,9 @@ def waitress_options(cfg: Mapping[str, Any]) -> dict:
 
 
 def serve(cfg: Mapping[str, Any]) -> int:
+    # Under load waitress warns of its task queue at every request: normal for a busy server,
+    # and a flood that would fill a small device's journal.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     keyrings = config.keyring_texts(cfg)
     index = open_index(cfg)
     watcher: watch.Watcher = watch.Watcher()

@@ -377,3 +377,15 @@ def test_rejected_files_are_not_offered(mixed, make_client):
     assert app.get("/v1/rejected").json == [
         {"file": "broken.spk", "reason": app.get("/v1/rejected").json[0]["reason"]}]
     assert "gzip" in app.get("/v1/rejected").json[0]["reason"]
+
+
+def test_replayed_answers_follow_body_host_and_index(packages, make_client):
+    build_spk(packages / "six.spk", {"package": "six", "os_min_ver": "6.1-15047"})
+    build_spk(packages / "seven.spk", {"package": "seven"})
+    app, index = make_client()
+    for _ in range(2):  # the second round is answered from the replay cache
+        assert packages_of(app.post("/", DSM62).json) == [("six", "1.0-1")]
+        assert packages_of(app.post("/", DSM72).json) == [("seven", "1.0-1")]
+    build_spk(packages / "seven.spk", {"package": "seven", "version": "2.0-1"})
+    index.scan()
+    assert packages_of(app.post("/", DSM72).json) == [("seven", "2.0-1")]
