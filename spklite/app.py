@@ -130,7 +130,7 @@ def error(status: int, message: str, **extra: Any) -> bottle.HTTPResponse:
 
 
 def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]] = None,
-             watch_mode: Callable[[], str] = lambda: "off") -> bottle.Bottle:
+             watch_mode: Callable[[], str] = lambda: "off") -> "AnswerCache":
     server = Server(cfg, index, keyrings, watch_mode)
     app = bottle.Bottle(catchall=True)
     download, static = cfg["router.download"], cfg["router.static"]
