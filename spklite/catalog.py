@@ -152,12 +152,12 @@ class Catalog:
 
     def __init__(self, records: Iterable[Any], settings: Mapping[str, Any], previous: Optional["Catalog"] = None):
         # Records the previous state had too keep their offer: only changed files cost work.
-        known = {id(o.record): o for o in previous.offers} if previous else {}
-        offers = []
+        known: Dict[int, Offer] = {id(o.record): o for o in previous.offers} if previous else {}
+        offers: List[Offer] = []
         for record in records:
             offer = known.get(id(record))
             offers.append(offer if offer is not None and offer.record is record else Offer.of(record))
-        self.offers = sorted(offers, key=lambda o: (o.package, o.record.path))
+        self.offers: List[Offer] = sorted(offers, key=lambda o: (o.package, o.record.path))
         self.settings = settings
         self.keyrings: List[str] = list(settings.get("keyrings", ()))
         self.defaults: Dict[str, str] = {
