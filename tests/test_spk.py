@@ -393,6 +393,209 @@ def test_no_input_raises_anything_but_spkerror(tmp_path):
     one()
 
 
+# The tar walker: header forms written by hand, byte by byte ######################
+
+GOOD_INFO = info_text({"package": "walk", "version": "1.0-1", "arch": "noarch"})
+END = bytes(1024)
+
+
+def header(name: bytes, size: int | bytes, kind: bytes = b"0", *, signed: bool = False) -> bytes:
+    """One ustar header block; `size` is a length or the raw 12-byte size field."""
+    block = bytearray(512)
+    block[: len(name)] = name
+    block[100:108] = b"0000644\0"
+    block[124:136] = b"%011o\0" % size if isinstance(size, int) else size
+    assert len(block) == 512
+    block[156:157] = kind
+    block[257:265] = b"ustar\x0000"
+    block[148:156] = b" " * 8
+    total = sum(b - 256 if signed and b > 127 else b for b in block)
+    block[148:156] = b"%06o\0 " % total
+    return bytes(block)
+
+
+def entry(name: bytes, data: bytes, kind: bytes = b"0", size: int | bytes | None = None) -> bytes:
+    """A header and its data, padded to whole blocks."""
+    return header(name, len(data) if size is None else size, kind) + data + bytes(-len(data) % 512)
+
+
+def pax(records: dict[str, bytes], kind: bytes = b"x") -> bytes:
+    """A pax extended header: records "<length> <key>=<value>\n", the length counting itself."""
+    body = b""
+    for key, value in records.items():
+        rest = b" " + key.encode() + b"=" + value + b"\n"
+        length = len(rest) + 1
+        while len(str(length)) + len(rest) != length:
+            length += 1
+        body += str(length).encode() + rest
+    return entry(b"PaxHeader", body, kind)
+
+
+def write(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "hand.spk"
+    path.write_bytes(data)
+    return path
+
+
+def test_hand_written_archive_reads(tmp_path):
+    package, store = read(write(tmp_path, entry(b"INFO", GOOD_INFO) + entry(b"PACKAGE_ICON.PNG", SMALL) + END))
+    assert package.info["package"] == "walk" and store.blobs[package.icon] == SMALL
+
+
+def test_pax_path_and_size_describe_the_next_member(tmp_path):
+    # The ustar fields say "junk", 0 bytes; the pax record wins, and the walk goes on after the data.
+    data = (
+        pax({"path": b"./INFO", "size": str(len(GOOD_INFO)).encode(), "mtime": b"1.5"})
+        + header(b"junk", 0)
+        + GOOD_INFO
+        + bytes(-len(GOOD_INFO) % 512)
+        + entry(b"PACKAGE_ICON.PNG", SMALL)
+        + END
+    )
+    package, store = read(write(tmp_path, data))
+    assert package.info["package"] == "walk" and store.blobs[package.icon] == SMALL
+
+
+def test_pax_records_apply_to_one_member_only(tmp_path):
+    data = pax({"path": b"INFO"}) + entry(b"first", GOOD_INFO) + entry(b"second", b"x") + END
+    package, _ = read(write(tmp_path, data))
+    assert package.info["package"] == "walk"  # "second" did not become INFO too (the last INFO wins)
+    data = pax({"path": b"INFO"}) + entry(b"first", b"x") + entry(b"second", GOOD_INFO) + END
+    assert rejection(write(tmp_path, data)) == "INFO: missing required key 'package'"  # "first" was INFO
+
+
+def test_a_global_pax_header_is_skipped(tmp_path):
+    data = pax({"path": b"INFO", "comment": b"x" * 2000}, kind=b"g") + entry(b"other", GOOD_INFO) + END
+    assert rejection(write(tmp_path, data)) == "INFO missing"
+    data = pax({"comment": b"x" * 2000}, kind=b"g") + entry(b"INFO", GOOD_INFO) + END
+    assert read(write(tmp_path, data))[0].info["package"] == "walk"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"abc", b"12 path=INFO", b"5 path=INFO\n", b"99 path=INFO\n", b"13 pathINFO\n\n", b" 12 path=x\n"],
+)
+def test_invalid_pax_records(tmp_path, body):
+    data = entry(b"INFO", GOOD_INFO) + entry(b"PaxHeader", body, b"x") + entry(b"x", b"x") + END
+    assert rejection(write(tmp_path, data)) == "corrupt tar: invalid pax header at offset 1024"
+
+
+def test_invalid_pax_size(tmp_path):
+    data = entry(b"INFO", GOOD_INFO) + pax({"size": b"-1"}) + entry(b"x", b"x") + END
+    assert rejection(write(tmp_path, data)) == "corrupt tar: invalid pax size at offset 1024"
+
+
+def test_pax_records_padded_with_nuls(tmp_path):
+    body = b"13 path=INFO\n" + bytes(30)
+    data = entry(b"PaxHeader", body, b"x") + entry(b"junk", GOOD_INFO) + END
+    assert read(write(tmp_path, data))[0].info["package"] == "walk"
+
+
+@pytest.mark.parametrize("kind", [b"x", b"g", b"L", b"K"])
+def test_an_extended_header_without_its_member_is_corrupt(tmp_path, kind):
+    data = entry(b"INFO", GOOD_INFO) + entry(b"././@LongLink", b"13 path=INFO\n", kind) + END
+    assert rejection(write(tmp_path, data)) == "corrupt tar: the extended header at offset 1024 has no member"
+
+
+def test_file_ending_inside_pax_data_is_truncated(tmp_path):
+    full = entry(b"INFO", GOOD_INFO) + pax({"comment": b"x" * 1500}) + entry(b"y", b"y") + END
+    assert rejection(write(tmp_path, full[: 1024 + 512 + 700])) == (
+        "truncated: file ends inside an extended header at offset 1024"
+    )
+
+
+def test_gnu_long_name_and_long_link_name(tmp_path):
+    long_name = b"./" * 60 + b"PACKAGE_ICON.PNG"
+    data = (
+        entry(b"INFO", GOOD_INFO)
+        + entry(b"././@LongLink", b"some/very/long/link/target" * 10 + b"\0", b"K")
+        + header(b"link", 0, b"2")
+        + entry(b"././@LongLink", long_name + b"\0", b"L")
+        + entry(b"PACKAGE_ICO", SMALL)  # the truncated name the header itself holds
+        + END
+    )
+    package, store = read(write(tmp_path, data))
+    assert store.blobs[package.icon] == SMALL
+
+
+def test_ustar_prefix_completes_the_name(tmp_path):
+    block = bytearray(header(b"install_uifile", 2))
+    block[345:360] = b"WIZARD_UIFILES\0"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    data = entry(b"INFO", GOOD_INFO) + bytes(block) + b"[]" + bytes(510) + END
+    assert read(write(tmp_path, data))[0].install_wizard
+
+
+def test_base256_size(tmp_path):
+    # GNU tar writes sizes of 8 GiB and more in base-256; any size may be written so.
+    size = b"\x80" + len(GOOD_INFO).to_bytes(11, "big")
+    assert read(write(tmp_path, entry(b"INFO", GOOD_INFO, size=size) + END))[0].info["package"] == "walk"
+    huge = b"\x80" + (1 << 80).to_bytes(11, "big")
+    assert rejection(write(tmp_path, entry(b"INFO", GOOD_INFO, size=huge) + END)) == (
+        "truncated: file ends inside member 'INFO'"
+    )
+
+
+@pytest.mark.parametrize("field", [b"\xff" * 12, b"-0000000001\0", b"00000000019\0", b"1_0\0" + bytes(8), b"x" * 12])
+def test_invalid_size_fields(tmp_path, field):
+    data = entry(b"INFO", GOOD_INFO) + entry(b"x", b"", size=field) + END
+    assert rejection(write(tmp_path, data)) == "corrupt tar: invalid size field in the header at offset 1024"
+
+
+def test_size_fields_padded_with_spaces(tmp_path):
+    size = (b"  %o \0" % len(GOOD_INFO)).ljust(12, b"\0")
+    assert read(write(tmp_path, entry(b"INFO", GOOD_INFO, size=size) + END))[0].info["package"] == "walk"
+
+
+def test_bad_checksum_is_a_corrupt_header(tmp_path):
+    second = bytearray(entry(b"PACKAGE_ICON.PNG", SMALL))
+    second[0] ^= 1  # one bit of the name: the stored checksum no longer matches
+    data = entry(b"INFO", GOOD_INFO) + bytes(second) + END
+    assert rejection(write(tmp_path, data)) == "corrupt tar: invalid member header at offset 1024"
+    first = bytearray(data)
+    first[0] ^= 1
+    assert rejection(write(tmp_path, bytes(first))) == "not a tar archive"
+
+
+def test_signed_checksums_of_old_tars(tmp_path):
+    name = "é.txt".encode()  # bytes above 127: the signed sum differs from the unsigned one
+    data = entry(b"INFO", GOOD_INFO) + header(name, 1, signed=True) + b"x" + bytes(511) + END
+    assert read(write(tmp_path, data))[0].info["package"] == "walk"
+
+
+def test_links_and_directories_have_no_data(tmp_path):
+    # Their size field is ignored (tarfile and GNU tar agree): the next header follows at once.
+    data = header(b"dir/", 4096, b"5") + header(b"INFO", 100, b"2") + entry(b"INFO", GOOD_INFO) + END
+    assert read(write(tmp_path, data))[0].info["package"] == "walk"
+
+
+def test_links_and_devices_named_like_members_are_not_read(tmp_path):
+    data = header(b"INFO", 0, b"1") + header(b"INFO", 0, b"3") + entry(b"INFO/", GOOD_INFO) + END
+    assert rejection(write(tmp_path, data)) == "INFO missing"
+
+
+def test_old_gnu_sparse_member_is_skipped(tmp_path):
+    block = bytearray(header(b"sparse", 3, b"S"))
+    block[482] = 1  # one extension block of the sparse map follows
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    data = bytes(block) + bytes(512) + b"abc" + bytes(509) + entry(b"INFO", GOOD_INFO) + END
+    assert read(write(tmp_path, data))[0].info["package"] == "walk"
+
+
+def test_names_are_only_names(tmp_path):
+    for name in (b"../INFO", b"/INFO", b"dir/../INFO", b"INF\xff"):
+        assert rejection(write(tmp_path, entry(name, GOOD_INFO) + END)) == "INFO missing", name
+    data = pax({"path": b"INFO\0hidden"}) + entry(b"x", GOOD_INFO) + END
+    assert rejection(write(tmp_path, data)) == "INFO missing"
+
+
+def test_undecodable_names_are_quoted_safely(tmp_path):
+    reason = rejection(write(tmp_path, entry(b"\xff\xfeicon", b"x" * 2000)[:1024]))
+    assert reason == "truncated: file ends inside member '\ufffd\ufffdicon'"
+
+
 # Members: ./ prefixes, icons, screenshots, LICENSE, wizards (SPEC 1.5, 2.1) ########
 
 
@@ -639,7 +842,7 @@ def test_a_2gb_package_is_indexed_without_reading_it(tmp_path):
 
 @needs_proc_io
 def test_a_huge_extended_header_is_refused_unread(tmp_path):
-    # tarfile reads a pax header whole: one claiming 1 GiB must be refused, not read.
+    # A pax header is read whole to be parsed: one claiming 1 GiB must be refused, not read.
     path = tmp_path / "pax.spk"
     header = tarfile.TarInfo("PaxHeader")
     header.type = tarfile.XHDTYPE
