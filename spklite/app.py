@@ -16,7 +16,6 @@ from importlib import resources
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import bottle
-import yaml
 
 from spklite import __license__, __version__
 from spklite.catalog import Catalog, Links, Query, encode
@@ -46,6 +45,7 @@ def load_models(path: str = "") -> List[Dict[str, Any]]:
     A file that is not a list of models (gosspks' own models.yml, say) is
     reported and the bundled list is used: the page is a convenience.
     """
+    import yaml  # here: only the page and /v1/models need it
     if path:
         try:
             with open(path, encoding="utf-8") as fh:

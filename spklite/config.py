@@ -8,8 +8,6 @@ every value typed and validated, every path absolute. Sources, highest first: fl
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 import math
 import os
@@ -18,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+# PyYAML, json and ipaddress are imported where they are needed: start-up time and memory count on small devices.
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,8 @@ PROXY_HEADERS = (
     "x-forwarded-by",
     "forwarded",
 )  # what waitress can take from a trusted proxy
-ARMOUR = re.compile(r"-----BEGIN PGP PUBLIC KEY BLOCK-----.*?-----END PGP PUBLIC KEY BLOCK-----", re.DOTALL)
+# Patterns are kept as text, compiled by `re` on first use: most never run at start-up.
+ARMOUR = r"-----BEGIN PGP PUBLIC KEY BLOCK-----(?s:.*?)-----END PGP PUBLIC KEY BLOCK-----"
 
 
 class ConfigError(Exception):
@@ -171,7 +170,6 @@ PREFIX = Kind(
 
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION_PART = re.compile(rf"({_NUMBER})(ms|s|m|h|d)")
 
 
 def duration(minimum: float) -> Kind:
@@ -185,7 +183,8 @@ def duration(minimum: float) -> Kind:
             if re.fullmatch(_NUMBER, spec):
                 seconds = float(spec)
             elif re.fullmatch(rf"(?:{_NUMBER}(?:ms|s|m|h|d))+", spec):
-                seconds = sum(float(n) * DURATION_UNITS[u] for n, u in _DURATION_PART.findall(spec))
+                parts = re.findall(rf"({_NUMBER})(ms|s|m|h|d)", spec)
+                seconds = sum(float(n) * DURATION_UNITS[u] for n, u in parts)
             else:
                 raise ValueError(raw)
         if not math.isfinite(seconds) or seconds < minimum:
@@ -264,7 +263,7 @@ def string_list(split: Callable[[str], list[str]], item_ok: Callable[[str], bool
 def split_keyrings(raw: str) -> list[str]:
     """Armoured key blocks stay whole; the text around them holds file paths, one a line or ':'-separated."""
     items: list[str] = []
-    for number, piece in enumerate(re.split(f"({ARMOUR.pattern})", raw, flags=re.DOTALL)):
+    for number, piece in enumerate(re.split(f"({ARMOUR})", raw)):
         if number % 2:  # odd pieces are the captured key blocks
             items.append(piece)
         else:
@@ -278,7 +277,7 @@ def is_armoured(entry: str) -> bool:
 
 KEYRINGS = string_list(
     split_keyrings,
-    lambda item: bool(ARMOUR.fullmatch(item)) or "-----BEGIN" not in item,
+    lambda item: bool(re.fullmatch(ARMOUR, item)) or "-----BEGIN" not in item,
     "files holding ASCII-armoured GPG public keys, or the armoured keys themselves",
     "FILE",
 )
@@ -293,6 +292,8 @@ PROXY_HEADER_LIST = string_list(
 def _parse_trusted_proxy(raw: Any) -> str:
     value = _text(raw)
     if value not in ("", "*"):
+        import ipaddress
+
         ipaddress.ip_address(value)  # ValueError when it is not an IP address
     return value
 
@@ -321,7 +322,7 @@ class Setting:
     @property
     def env_names(self) -> list[str]:
         names = (self.key,) + self.file_aliases
-        return [prefix + re.sub(r"[.-]", "_", name).upper() for prefix in ENV_PREFIXES for name in names]
+        return [prefix + name.replace(".", "_").replace("-", "_").upper() for prefix in ENV_PREFIXES for name in names]
 
 
 BIND_ADDRESS = text(
@@ -560,9 +561,13 @@ def read_file(file_name: str) -> dict[str, Any] | None:
     except OSError as exc:
         raise ConfigError(f"config: cannot read '{file_name}': {exc.strerror or exc}") from None
     try:
-        document = yaml.safe_load(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{file_name}: not allowed: the config file must be UTF-8 text") from None
+    import yaml  # here: a server started without a config file never needs it
+
+    try:
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -675,16 +680,6 @@ def _write_first_run(cfg: Mapping[str, Any]) -> None:
 # Output #####################################################################################################
 
 
-class _Dumper(yaml.SafeDumper):
-    """Multi-line text (armoured keys) as readable YAML literal blocks."""
-
-
-_Dumper.add_representer(
-    str,
-    lambda dumper, data: dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None),
-)
-
-
 def document(cfg: Mapping[str, Any], relative_to: str = "") -> dict[str, Any]:
     """The file-shaped config: {"spklite": {nested settings}}; paths inside `relative_to` written relative."""
     settings: dict[str, Any] = {}
@@ -706,9 +701,18 @@ def dump(cfg: Mapping[str, Any], fmt: str = "yaml", *, relative_to: str = "") ->
     """The config as the text of a config file: YAML, or the same document as JSON."""
     data = document(cfg, relative_to)
     if fmt == "json":
+        import json
+
         return json.dumps(data, indent=2) + "\n"
     if fmt == "yaml":
-        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+        import yaml
+
+        class Dumper(yaml.SafeDumper):
+            """Multi-line text (armoured keys) as readable YAML literal blocks."""
+
+        Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+            "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+        return yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
     raise ValueError(f"unknown format {fmt!r}")
 
 
@@ -721,7 +725,7 @@ def keyring_texts(cfg: Mapping[str, Any]) -> list[str]:
             continue
         try:
             with open(entry, encoding="utf-8") as stream:
-                blocks = ARMOUR.findall(stream.read())
+                blocks = re.findall(ARMOUR, stream.read())
         except OSError as exc:
             raise ConfigError(f"keyrings: cannot read '{entry}': {exc.strerror or exc}") from None
         except UnicodeDecodeError:

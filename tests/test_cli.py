@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -369,3 +371,21 @@ def test_scan_writes_the_first_run_config_and_prints_a_summary(run: Run, home: P
     assert status == 0, err
     assert out.startswith("1 packages, 0 rejected")
     assert yaml.safe_load((home / "config.yml").read_text())["spklite"]["port"] == 8080
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc")
+def test_the_server_stack_is_imported_without_openssl() -> None:
+    """bottle, waitress and the index load neither libssl nor libcrypto (~4.5 MiB); hashes stay right."""
+    code = (
+        "from spklite import cli; cli.without_openssl(); "
+        "import bottle, waitress, hashlib, spklite.server; "
+        "maps = open('/proc/self/maps').read(); "
+        "import ssl; "  # still there for whoever needs it
+        "print(hashlib.md5(b'spk').hexdigest(), hashlib.sha256(b'spk').hexdigest(), "
+        "'libssl' in maps, 'libcrypto' in maps, hasattr(ssl, 'SSLContext'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    builtin_hashes = importlib.util.find_spec("_md5") is not None  # else (FIPS builds) hashlib keeps OpenSSL
+    assert done.stdout.split() == [
+        hashlib.md5(b"spk").hexdigest(), hashlib.sha256(b"spk").hexdigest(), "False", str(not builtin_hashes), "True"
+    ]

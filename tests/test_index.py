@@ -122,3 +122,18 @@ def test_missing_folder_gives_an_empty_index(tmp_path):
     index = make_index(tmp_path / "nowhere", tmp_path / "cache")
     state = index.scan()
     assert not state.records and not state.rejected
+
+
+def test_a_warm_start_shares_equal_info_texts(packages, tmp_path):
+    """Every version and platform of a package repeats its texts: loaded once per distinct value."""
+    for arch in ("x86_64", "armv8", "noarch"):
+        (packages / arch).mkdir()
+        build_spk(packages / arch / "p.spk", {"package": "p", "arch": arch, "description": "The same words."})
+    first = make_index(packages, tmp_path / "cache")
+    first.scan()
+    first.save_snapshot()
+    second = make_index(packages, tmp_path / "cache")
+    assert second.load_snapshot() and second.scan().records == first.current.records
+    infos = [r.package.info for r in second.current.records.values()]
+    assert [info["arch"] for info in infos] == ["armv8", "noarch", "x86_64"]  # walked in name order
+    assert infos[0]["description"] is infos[1]["description"] is infos[2]["description"]
