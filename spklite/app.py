@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import bottle
 
-from spklite import __license__, __version__
+from spklite import __license__, __version__, files
 from spklite.catalog import Catalog, Links, Query, encode
 from spklite.index import Index, State
 
@@ -184,19 +184,9 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         record = server.index.current.records.get(path)
         if record is None:
             return error(404, "no such package file")
-        env = bottle.request.environ
-        if "HTTP_IF_NONE_MATCH" in env:  # RFC 9110 13.1.3: If-None-Match wins over If-Modified-Since
-            env.pop("HTTP_IF_MODIFIED_SINCE", None)
-        etag = '"%x-%x-%x"' % (record.inode, record.mtime_ns, record.size)
-        full = os.path.join(server.index.root, path)
-        try:
-            response = bottle.static_file(path, root=server.index.root, mimetype="application/octet-stream",
-                                          download=path.rsplit("/", 1)[-1], etag=etag)
-            response = stream_range(response, full)
-        except OSError:  # deleted or renamed after the index lookup (bottle's open fails: not a 500)
+        response = files.send(os.path.join(server.index.root, path), record.signature, path.rsplit("/", 1)[-1])
+        if response is None:  # deleted, renamed or replaced since the index was read
             return error(404, "no such package file")
-        if getattr(response, "status_code", 200) == 403 and not os.path.exists(full):
-            return error(404, "no such package file")  # bottle's access check ran after it vanished
         return response
 
     @app.route(static + "/<name>", method=["GET", "HEAD"])
@@ -374,23 +364,3 @@ def _form_keys() -> List[str]:
         return list(bottle.request.forms.keys())
     except bottle.HTTPError:
         return []
-
-
-def stream_range(response: Any, path: str) -> Any:
-    """Serve a 206 range through waitress' file wrapper instead of a Python generator.
-
-    waitress sends a file wrapper from its event loop, from the file's current
-    position for Content-Length bytes, so no worker thread is held by the
-    transfer and there is no per-chunk Python work.
-    """
-    wrapper = bottle.request.environ.get("wsgi.file_wrapper")
-    if (getattr(response, "status_code", 0) != 206 or bottle.request.method == "HEAD"
-            or not getattr(wrapper, "__module__", "").startswith("waitress")):
-        return response
-    start = int(response.headers["Content-Range"].split()[1].split("-")[0])
-    fh = open(path, "rb")
-    fh.seek(start)
-    response.body.close()  # bottle's per-chunk generator, not started
-    response.body = fh
-    return response
-

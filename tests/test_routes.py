@@ -208,3 +208,27 @@ def test_icons_fall_back_to_the_default_when_the_cache_is_unwritable(packages, m
     icon_url = app.get("/", {"arch": "apollolake", "build": "42661"}).json["packages"][0]["thumbnail"][0]
     icon = app.get(icon_url.split("localhost:80", 1)[-1])
     assert icon.body == app.get("/static/spklite-default-icon.png").body
+
+
+def test_a_file_replaced_since_indexing_is_never_served_half_right(packages, make_client, tmp_path):
+    path = build_spk(packages / "a.spk", {"package": "a", "version": "1.0-1"})
+    app, index = make_client()
+    newer = build_spk(tmp_path / "newer.spk", {"package": "a", "version": "2.0-1"}, package_tgz=b"x" * 5000)
+    os.replace(newer, path)  # the index has not seen it yet
+    app.get("/download/a.spk", status=404)
+    index.scan()
+    res = app.get("/download/a.spk")
+    assert res.body == path.read_bytes() and int(res.headers["Content-Length"]) == path.stat().st_size
+
+
+def test_conditional_requests_follow_rfc_9110(two, make_client):
+    app, _ = make_client()
+    etag = app.get("/download/a.spk").headers["ETag"]
+    app.get("/download/a.spk", headers={"If-None-Match": f'"other", {etag}'}, status=304)
+    app.get("/download/a.spk", headers={"If-None-Match": "*"}, status=304)
+    app.get("/download/a.spk", headers={"If-None-Match": '"other"',
+                                        "If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}, status=200)
+    res = app.get("/download/a.spk", headers={"Range": "bytes=5-"}, status=206)
+    assert res.body == (app.get("/download/a.spk").body)[5:]
+    assert app.get("/download/a.spk", headers={"Range": "bytes=999999-"}, status=416).headers[
+        "Content-Range"].startswith("bytes */")
