@@ -20,7 +20,7 @@ import webtest
 
 from spklite import config
 from spklite.app import make_app
-from spklite.index import Index, open_index
+from spklite.index import open_index
 
 TESTS = Path(__file__).parent
 
@@ -134,5 +134,3 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> Any:
         value = predicate()
     return value
 
-
-__all__ = ["Index", "settings", "free_port", "wait_for", "Running"]

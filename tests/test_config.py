@@ -95,7 +95,7 @@ def test_defaults_fill_every_key(home: Path) -> None:
     assert cfg["router.download"] == "/download" and cfg["router.static"] == "/static"
     assert cfg["md5"] is True and cfg["debug-package"] is False and cfg["follow-symlinks"] is False
     assert cfg["watch"] == "auto" and cfg["poll-interval"] == 2.0
-    assert cfg["server.threads"] == 4 and cfg["server.connection-limit"] == 500
+    assert cfg["server.threads"] == 8 and cfg["server.connection-limit"] == 500
     assert cfg["server.channel-timeout"] == 120.0
     assert cfg["server.max-request-body-size"] == 1 << 20
     assert cfg["server.max-request-header-size"] == 64 << 10
@@ -135,7 +135,7 @@ FLAGS = {"port": "1003", "filesystem.cache": "/from-flag", "server.threads": "13
 @pytest.mark.parametrize(
     "use_file, use_env, use_flags, expected",
     [
-        (False, False, False, (8080, "<home>/cache", 4)),
+        (False, False, False, (8080, "<home>/cache", 8)),
         (True, False, False, (1001, "<home>/from-file", 11)),
         (True, True, False, (1002, "/from-env", 12)),
         (False, True, False, (1002, "/from-env", 12)),
@@ -217,9 +217,9 @@ def test_spklite_section_wins_over_gosspks_section(home: Path) -> None:
 
 
 def test_keys_are_case_insensitive_and_null_means_unset(home: Path) -> None:
-    write_config(home, "spklite:\n  Port: 1234\n  Server:\n    Threads: 8\n  hostname:\n")
+    write_config(home, "spklite:\n  Port: 1234\n  Server:\n    Threads: 9\n  hostname:\n")
     cfg = load_in(home, create_file=False)
-    assert (cfg["port"], cfg["server.threads"], cfg["hostname"]) == (1234, 8, "")
+    assert (cfg["port"], cfg["server.threads"], cfg["hostname"]) == (1234, 9, "")
 
 
 def test_unknown_keys_are_a_warning_not_an_error(home: Path, caplog: pytest.LogCaptureFixture) -> None:
