@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlencode
 
 import bottle
 
 from spklite import __version__, synology
+from spklite.app import asset
 from spklite.catalog import Query
 
 Get = Callable[[str], Optional[str]]
@@ -34,8 +34,7 @@ CHANNELS = ("stable", "beta")
 
 @lru_cache(maxsize=None)
 def _asset(name: str) -> str:
-    # importlib.resources, not a path on disk: it works inside the .pyz too.
-    return resources.files("spklite").joinpath("web").joinpath(name).read_text(encoding="utf-8")
+    return asset(name).decode("utf-8")
 
 
 @lru_cache(maxsize=None)
