@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import signal
@@ -112,6 +113,21 @@ class LogThread:
         self.root.handlers = self.handlers
 
 
+def ensure_default_packages_folder(cfg: Mapping[str, Any]) -> None:
+    """On first run, make the default packages folder (<home>/packages) so a person knows where to put files."""
+    packages = cfg["filesystem.packages"]
+    if os.path.isdir(packages):
+        return
+    if os.path.dirname(packages) == cfg["home"] and os.path.isdir(cfg["home"]):
+        try:
+            os.mkdir(packages)
+            log.info("created %s: put .spk files there", packages)
+            return
+        except OSError:
+            pass
+    log.warning("packages folder %s does not exist (yet): serving an empty catalog until it does", packages)
+
+
 def serve(cfg: Mapping[str, Any]) -> int:
     # Under load waitress warns of its task queue at every request: normal for a busy server,
     # and a flood that would fill a small device's journal.
@@ -122,6 +138,7 @@ def serve(cfg: Mapping[str, Any]) -> int:
 
 def _serve(cfg: Mapping[str, Any]) -> int:
     keyrings = config.keyring_texts(cfg)
+    ensure_default_packages_folder(cfg)
     index = open_index(cfg)
     watcher: watch.Watcher = watch.Watcher()
     app = make_app(cfg, index, keyrings, watch_mode=lambda: watcher.mode)  # bad settings fail here, early

@@ -96,3 +96,12 @@ def test_forwarded_headers_only_from_the_trusted_proxy(run_server, packages):
     proxied = run_server("--packages", str(packages), "--watch", "off", "--trusted-proxy", "127.0.0.1")
     link = json.loads(proxied.get(DSM7, headers=forwarded)[2])["packages"][0]["link"]
     assert link == "https://pkgs.example.org/download/a.spk"
+
+
+def test_first_run_makes_the_default_packages_folder(run_server, tmp_path):
+    home = tmp_path / "fresh"
+    server = run_server(home=home)
+    assert (home / "packages").is_dir() and (home / "config.yml").is_file()
+    assert server.json("/health")["packages"] == 0
+    build_spk(home / "packages" / "a.spk", {"package": "a"})
+    assert wait_for(lambda: server.json("/health")["packages"] == 1)
