@@ -128,7 +128,8 @@ class Query:
 
 def _int(value: Optional[str]) -> Optional[int]:
     value = (value or "").strip()
-    return int(value) if value.isdigit() and len(value) < 10 else None
+    # isascii: str.isdigit() also takes "²", which int() refuses.
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else None
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,9 @@ class Firmware(NamedTuple):
     build: int
 
 
-_FIRMWARE = re.compile(r"^\s*(\d+)(?:\.(\d+))?(?:\.\d+)*-(\d+)\s*$")
+# ASCII digits only, and few of them: `\d` also matches other scripts' digits, and int() refuses
+# numbers over 4,300 digits (Python >= 3.11): hostile INFO values must not reach it.
+_FIRMWARE = re.compile(r"^\s*([0-9]{1,9})(?:\.([0-9]{1,9}))?(?:\.[0-9]+)*-([0-9]{1,12})\s*$")
 
 
 # The catalog of a new index state asks for every file's firmware and version: few distinct values repeat
@@ -124,7 +126,7 @@ def parse_firmware(text: Optional[str]) -> Optional[Firmware]:
     return Firmware(int(major), int(minor or 0), int(build))
 
 
-_PART = re.compile(r"^(\d*)(.*)$")
+_PART = re.compile(r"^([0-9]{0,18})(.*)$")
 
 
 @lru_cache(maxsize=4096)  # see parse_firmware; the key is a tuple of tuples: immutable, safe to share
@@ -136,7 +138,7 @@ def version_key(version: str) -> tuple:
     revision sorts before any revision (1.0 < 1.0-1).
     """
     upstream, sep, revision = version.strip().rpartition("-")
-    if not sep or not revision.isdigit():
+    if not sep or not (revision.isascii() and revision.isdigit() and len(revision) <= 18):
         upstream, revision = version.strip(), ""
     parts = []
     for part in upstream.split("."):
@@ -145,4 +147,4 @@ def version_key(version: str) -> tuple:
     return (tuple(parts), int(revision) if revision else -1)
 
 
-DSM7_VERSION = re.compile(r"^\d+(\.\d+){0,5}(-\d+)?$")
+DSM7_VERSION = re.compile(r"^[0-9]+(\.[0-9]+){0,5}(-[0-9]+)?$")

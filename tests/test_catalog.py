@@ -389,3 +389,16 @@ def test_replayed_answers_follow_body_host_and_index(packages, make_client):
     build_spk(packages / "seven.spk", {"package": "seven", "version": "2.0-1"})
     index.scan()
     assert packages_of(app.post("/", DSM72).json) == [("seven", "2.0-1")]
+
+
+def test_non_ascii_digits_and_huge_numbers_match_less_never_fail(packages, make_client):
+    # str.isdigit() takes "²" and int() refuses it; int() also refuses numbers of over 4,300 digits.
+    build_spk(packages / "sup.spk", {"package": "sup", "version": "1.0-²", "os_min_ver": "6.1-15047"})
+    build_spk(packages / "huge.spk", {"package": "huge", "version": "1." + "9" * 5000 + "-" + "9" * 5000,
+                                      "os_min_ver": "6.1-" + "9" * 5000})
+    build_spk(packages / "ok.spk", {"package": "ok", "os_min_ver": "6.1-15047"})
+    app, _ = make_client()
+    for query in ("arch=x86_64&build=%C2%B2", "arch=x86_64&major=%C2%B2", "arch=x86_64&build=%D9%A7"):
+        assert app.get("/?" + query).json == {"packages": []}
+    names = [p for p, _ in packages_of(app.get("/", dict(DSM62, arch="x86_64")).json)]
+    assert names == ["huge", "ok", "sup"]  # a minimum that cannot be read counts as none
