@@ -6,6 +6,7 @@ computed once per index state (`Offer`); answers are memoised per request key.
 
 from __future__ import annotations
 
+import html
 import json
 import threading
 from collections import OrderedDict
@@ -203,17 +204,7 @@ class Catalog:
 
     def newest(self, query: Query) -> List[Offer]:
         """The newest candidate file of each package id, ordered by package id."""
-        best: Dict[str, Tuple[tuple, Offer]] = {}
-        for offer in self.offers:
-            rank = offer.accepts(query)
-            if not rank:
-                continue
-            # Larger is better; offers are sorted by path, so the first path wins ties.
-            score = (offer.version_key, offer.min_build, rank)
-            current = best.get(offer.package)
-            if current is None or score > current[0]:
-                best[offer.package] = (score, offer)
-        return [best[name][1] for name in sorted(best)]
+        return newest_per_package((o, o.accepts(query)) for o in self.offers)
 
     # -- one entry (SPEC 1.5) ----------------------------------------------------
 
@@ -224,7 +215,7 @@ class Catalog:
         entry: Dict[str, Any] = {
             "package": offer.package,
             "version": info["version"],
-            "dname": info.get(f"displayname_{language}") or info.get("displayname") or offer.package,
+            "dname": display_name(info, language),
             "desc": info.get(f"description_{language}") or info.get("description") or "",
             "link": links.file(record.path),
             "size": record.size,
@@ -281,25 +272,14 @@ class Catalog:
         """Every package file (SPEC 1.7 /v1/packages), filtered."""
         platform = synology.normalize_platform(platform)
         name = name.lower()
-        chosen = []
-        for offer in self.offers:
-            if platform and not synology.arch_match(offer.arch, platform):
-                continue
-            obj = self.file_object(offer, links, language)
-            if name and name not in offer.package.lower() and name not in obj["dname"].lower():
-                continue
-            chosen.append((offer, obj))
+        chosen = [
+            o for o in self.offers
+            if (not platform or synology.arch_match(o.arch, platform))
+            and (not name or name in o.package.lower() or name in display_name(o.record.package.info, language).lower())
+        ]
         if latest:
-            newest: Dict[str, Tuple[Offer, Dict[str, Any]]] = {}
-            for offer, obj in chosen:
-                kept = newest.get(offer.package)
-                if kept is None or (offer.version_key, offer.min_build) > (
-                    kept[0].version_key,
-                    kept[0].min_build,
-                ):
-                    newest[offer.package] = (offer, obj)
-            chosen = [newest[p] for p in sorted(newest)]
-        return [obj for _, obj in chosen]
+            chosen = newest_per_package((o, 1) for o in chosen)
+        return [self.file_object(o, links, language) for o in chosen]
 
     def file_object(self, offer: Offer, links: Links, language: str = "") -> Dict[str, Any]:
         info = offer.record.package.info
@@ -316,6 +296,27 @@ class Catalog:
         return obj
 
 
+def newest_per_package(candidates: Iterable[Tuple[Offer, int]]) -> List[Offer]:
+    """Of (offer, arch-match rank) pairs, the best offer of each package id, ordered by id (SPEC 1.4).
+
+    Rank 0 is no candidate. Newest version first, then the higher minimum build,
+    then the better arch match; offers come sorted by path, so the first path wins ties.
+    """
+    best: Dict[str, Tuple[tuple, Offer]] = {}
+    for offer, rank in candidates:
+        if not rank:
+            continue
+        score = (offer.version_key, offer.min_build, rank)
+        current = best.get(offer.package)
+        if current is None or score > current[0]:
+            best[offer.package] = (score, offer)
+    return [best[name][1] for name in sorted(best)]
+
+
+def display_name(info: Mapping[str, str], language: str) -> str:
+    return info.get(f"displayname_{language}") or info.get("displayname") or info["package"]
+
+
 def _flag(info: Mapping[str, str], key: str, default: bool) -> bool:
     value = truth(info.get(key))
     return default if value is None else value
@@ -328,7 +329,7 @@ def debug_entry(debug: Dict[str, str], links: Links) -> Dict[str, Any]:
         "package": "spklite-debug",
         "version": "0.0-0",
         "dname": "spklite debug",
-        "desc": "What this NAS sent:<br>" + "<br>".join(_html_escape(line) for line in lines),
+        "desc": "What this NAS sent:<br>" + "<br>".join(html.escape(line, quote=False) for line in lines),
         "link": "",
         "size": 0,
         "thumbnail": [links.blob(links.default_icon)],
@@ -345,10 +346,6 @@ def debug_entry(debug: Dict[str, str], links: Links) -> Dict[str, Any]:
         "start": False,
         "maintainer": "spklite",
     }
-
-
-def _html_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def encode(value: Any) -> bytes:
