@@ -14,6 +14,8 @@ from typing import IO, Any, Iterator
 
 import bottle
 
+from spklite.index import signature_of
+
 
 def send(path: str, signature: tuple, name: str) -> Any:
     """The response for the file at `path`, or None when it is no longer the indexed version."""
@@ -22,7 +24,7 @@ def send(path: str, signature: tuple, name: str) -> Any:
     except OSError:
         return None
     st = os.fstat(fh.fileno())
-    if (st.st_size, st.st_mtime_ns, st.st_ino) != signature:
+    if signature_of(st) != signature:
         fh.close()  # replaced or changed since it was indexed: the index catches up in a moment
         return None
     env = bottle.request.environ

@@ -27,7 +27,6 @@ SNAPSHOT_SCHEMA = 1
 SNAPSHOT_NAME = "index.json"
 BLOB_DIR = "blobs"
 TEMP_PREFIX = ".tmp-"  # atomic_write's temp files; a crash may leave some behind
-IGNORED_SUFFIXES = (".part", ".tmp", "~", ".partial", ".crdownload")
 Signature = Tuple[int, int, int]  # size, mtime_ns, inode
 
 
@@ -106,13 +105,8 @@ class State:
 
 
 def is_candidate_name(name: str) -> bool:
-    """A file name the index looks at: visible, complete, ending in .spk."""
-    lower = name.lower()
-    return (
-        not name.startswith(".")
-        and lower.endswith(".spk")
-        and not lower.endswith(IGNORED_SUFFIXES)
-    )
+    """A file name the index looks at: visible and ending in .spk (so never *.part, *.tmp, *~)."""
+    return not name.startswith(".") and name.lower().endswith(".spk")
 
 
 def signature_of(st: os.stat_result) -> Signature:
@@ -144,11 +138,12 @@ class Index:
 
     # -- reading the folder ---------------------------------------------------
 
-    def walk(self) -> Iterator[Tuple[str, str]]:
-        """(relative path, absolute path) of every candidate file under the root."""
+    def walk(self, under: str = "") -> Iterator[str]:
+        """The relative path of every candidate file under the root (or under one of its folders)."""
         seen_dirs = set()
         root_prefix = os.path.join(self.root, "")
-        for top, dirs, files in os.walk(self.root, followlinks=self.follow_symlinks):
+        start = os.path.join(self.root, under) if under else self.root
+        for top, dirs, files in os.walk(start, followlinks=self.follow_symlinks):
             real = os.path.realpath(top)
             if real in seen_dirs or real == self.cache_dir:  # symlink loops, a cache inside
                 dirs[:] = []
@@ -159,7 +154,7 @@ class Index:
             folder = top[len(root_prefix):].replace(os.sep, "/") + "/" if top != self.root else ""
             for name in sorted(files):
                 if is_candidate_name(name):
-                    yield folder + name, os.path.join(top, name)
+                    yield folder + name
 
     def _outside(self, full: str) -> bool:
         real = os.path.realpath(full)
@@ -219,7 +214,7 @@ class Index:
                 if previous.records or previous.rejected:
                     log.warning("packages folder %s is not available", self.root)
                 return self._publish({}, {}, previous)
-            paths = [rel for rel, _ in self.walk()]
+            paths = list(self.walk())
             records: Dict[str, Record] = {}
             rejected: Dict[str, Rejected] = {}
             for n, rel in enumerate(paths, 1):

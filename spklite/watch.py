@@ -186,7 +186,7 @@ class Inotify(_Thread):
             if event.mask & f.ISDIR:
                 if event.mask & (f.CREATE | f.MOVED_TO) and not event.name.startswith("."):
                     self.watch_tree(rel)
-                    changed.update(p for p, _ in self.index.walk() if p.startswith(rel + "/"))
+                    changed.update(self.index.walk(rel))
                 elif event.mask & (f.DELETE | f.MOVED_FROM):
                     for wd, name in list(self.folders.items()):
                         if name == rel or name.startswith(rel + "/"):
