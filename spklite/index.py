@@ -422,7 +422,7 @@ def scan_command(cfg: Mapping[str, Any], out: IO[str]) -> int:
     index = open_index(cfg)
     index.load_snapshot()
     started = time.monotonic()
-    state = index.scan(progress=sys.stderr if sys.stderr.isatty() else None)
+    index.scan(progress=sys.stderr if sys.stderr.isatty() else None)
     index.fill_md5(index.pending_md5())
     index.save_snapshot(force=True)
     state = index.current

@@ -62,17 +62,19 @@ def free_port() -> int:
 
 
 class Running:
-    """A real `python -m spklite` process serving on 127.0.0.1."""
+    """A real spklite process serving on 127.0.0.1 (`python -m spklite`, or the given launcher)."""
 
-    def __init__(self, home: Path, args: List[str], env: Optional[Dict[str, str]] = None):
+    def __init__(self, home: Path, args: List[str], env: Optional[Dict[str, str]] = None,
+                 launcher: Optional[List[str]] = None, inherit_env: bool = True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "spklite", "--home", str(home), "--host", "127.0.0.1",
+        cmd = [*(launcher or [sys.executable, "-m", "spklite"]), "--home", str(home), "--host", "127.0.0.1",
                "--port", str(self.port), *args]
         self.log = open(home.parent / f"spklite-{self.port}.log", "w+")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, cwd=str(TESTS.parent))
-        deadline = time.monotonic() + 20
+                                     env={**(os.environ if inherit_env else {}), **(env or {})},
+                                     cwd=str(TESTS.parent))
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"spklite exited with {self.proc.returncode}:\n{self.output()}")

@@ -284,8 +284,7 @@ def test_entry_defaults_when_info_is_bare(packages, make_client):
                                    "description": None}, icon=False)
     app, _ = make_client()
     e = app.get("/", DSM72).json["packages"][0]
-    assert e["thumbnail"] == ["http://localhost:80/static/spklite-default-icon.png"] or \
-        e["thumbnail"][0].endswith("/static/spklite-default-icon.png")
+    assert e["thumbnail"] == ["http://localhost:80/static/spklite-default-icon.png"]
     assert "thumbnail_retina" not in e and e["snapshot"] == []
     assert e["deppkgs"] is None and e["conflictpkgs"] is None and e["depsers"] is None
     assert "maintainer" not in e and "startable" not in e
@@ -375,8 +374,7 @@ def test_rejected_files_are_not_offered(mixed, make_client):
     app, _ = make_client()
     assert app.get("/download/broken.spk", status=404).json["error"]
     assert app.get("/v1/rejected").json == [
-        {"file": "broken.spk", "reason": app.get("/v1/rejected").json[0]["reason"]}]
-    assert "gzip" in app.get("/v1/rejected").json[0]["reason"]
+        {"file": "broken.spk", "reason": "compressed tar (gzip) — SPKs must be uncompressed"}]
 
 
 def test_replayed_answers_follow_body_host_and_index(packages, make_client):

@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Set
 
 import pytest
 import yaml
-from conftest import free_port, wait_for
-from test_pyz import BARE, answers, catalog_packages, shared_pyz
+from conftest import Running
+from test_pyz import BARE, catalog_packages, shared_pyz
 
 OPENWRT = Path(__file__).resolve().parent.parent / "openwrt"
 INIT = OPENWRT / "files" / "spklite.init"
@@ -181,25 +181,18 @@ def imported_modules(python: str, pyz: Path, tmp_path: Path) -> Set[str]:
     from spkbuilder import build_spk
 
     build_spk(packages / "demo.spk")
-    port = free_port()
-    log = tmp_path / "imports.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [python, "-I", "-X", "importtime", str(pyz), "serve", "-H", str(tmp_path / "home"), "--packages",
-             str(packages), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=out, env={"PATH": os.environ.get("PATH", "")})
-        try:
-            base = f"http://127.0.0.1:{port}"
-            assert wait_for(lambda: answers(base + "/health") or server.poll() is not None, timeout=30)
-            assert catalog_packages(base) == ["demo"], log.read_text()
-            server.send_signal(signal.SIGTERM)
-            assert server.wait(timeout=20) == 0
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
-    names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$", log.read_text(), re.MULTILINE)
-    assert names, log.read_text()
+    server = Running(tmp_path / "home", ["--packages", str(packages)],
+                     launcher=[python, "-I", "-X", "importtime", str(pyz), "serve"],
+                     env={"PATH": os.environ.get("PATH", "")}, inherit_env=False)
+    try:
+        assert catalog_packages(server.url) == ["demo"], server.output()
+        assert server.stop() == 0
+        log = server.output()
+    finally:
+        server.stop(signal.SIGKILL)
+        server.log.close()
+    names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$", log, re.MULTILINE)
+    assert names, log
     return {name.split(".")[0] for name in names}
 
 

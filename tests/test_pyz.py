@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, List, Tuple
 
 import pytest
-from conftest import free_port, wait_for
+from conftest import Running
 from spkbuilder import build_spk
 
 from spklite import __version__
@@ -166,26 +166,15 @@ def test_serves_a_catalog_and_stops_cleanly(python: str, pyz: Path, tmp_path: Pa
     packages = tmp_path / "packages"
     packages.mkdir()
     build_spk(packages / "demo.spk")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "spklite.log", "w+")
-    server = subprocess.Popen(
-        [python, "-I", str(pyz), "serve", "-H", str(tmp_path / "home"), "--packages", str(packages),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), env={"PATH": os.environ.get("PATH", "")})
+    server = Running(tmp_path / "home", ["--packages", str(packages)], launcher=[python, "-I", str(pyz), "serve"],
+                     env={"PATH": os.environ.get("PATH", "")}, inherit_env=False)
     try:
-        assert wait_for(lambda: answers(base + "/health") or server.poll() is not None, timeout=30)
-        assert server.poll() is None, Path(log.name).read_text()
-        health = get_json(base + "/health")
+        health = server.json("/health")
         assert health["status"] == "ok" and health["packages"] == 1
-        assert catalog_packages(base) == ["demo"]
-        page = urllib.request.Request(base + "/", headers={"Accept": "text/html"})
-        with urllib.request.urlopen(page, timeout=10) as response:  # the template is read from the zip too
-            assert response.status == 200 and b"demo" in response.read()
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=20) == 0
+        assert catalog_packages(server.url) == ["demo"]
+        status, _, page = server.get("/", headers={"Accept": "text/html"})  # the template is read from the zip
+        assert status == 200 and b"demo" in page
+        assert server.stop() == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        log.close()
+        server.stop(signal.SIGKILL)
+        server.log.close()
