@@ -20,7 +20,7 @@ import bottle
 
 from spklite import __version__, synology
 from spklite.app import asset
-from spklite.catalog import Query
+from spklite.catalog import Query, newest_per_package
 
 Get = Callable[[str], Optional[str]]
 
@@ -180,16 +180,14 @@ def render(server: Any, get: Get) -> str:
         messages.append(f"Unknown view “{view}”.")
         view = ""
     nas_link = ""
-    if view == "files":
-        items = [item(catalog.file_object(o, links), o) for o in catalog.offers]
-    elif choice is not None:
+    if choice is not None and view != "files":
         query = Query.from_params(choice.nas_params().get)
         dsm7 = choice.build >= synology.DSM7_BUILD
         items = [item(catalog.entry(o, query.language, links, dsm7), o) for o in catalog.newest(query)]
         nas_link = "./?" + urlencode(choice.nas_params())
-    else:  # nothing picked yet: the newest version of every package, whatever NAS it is for
-        by_path = {offer.record.path: offer for offer in catalog.offers}
-        items = [item(obj, by_path[obj["file"]]) for obj in catalog.files(links, latest=True)]
+    else:  # every file, or (nothing picked yet) the newest version of every package, whatever NAS it is for
+        offers = catalog.offers if view == "files" else newest_per_package((o, 1) for o in catalog.offers)
+        items = [item(catalog.file_object(o, links), o) for o in offers]
     return _template().render(
         css=_asset("style.css"),
         version=__version__,
