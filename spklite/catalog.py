@@ -6,12 +6,11 @@ computed once per index state (`Offer`); answers are memoised per request key.
 
 from __future__ import annotations
 
-import html
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from functools import lru_cache
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 from urllib.parse import quote
 
 from spklite import synology
@@ -40,46 +39,34 @@ def is_beta(info: Mapping[str, str]) -> bool:
     return bool(truth(info.get("beta"))) or bool(info.get("report_url", "").strip())
 
 
+@lru_cache(maxsize=1024)  # the files of a package repeat their arch lists: one tuple each (~0.1 MiB at 1,000)
 def tokens(value: Optional[str]) -> Tuple[str, ...]:
     return tuple(value.lower().split()) if value else ()
 
 
-@dataclass(frozen=True)
 class Offer:
-    """One package file, with everything the catalog needs precomputed."""
+    """One package file, with everything the catalog needs precomputed (made once per file, kept across states)."""
 
-    record: Any  # index.Record
-    package: str
-    arch: Tuple[str, ...]
-    exclude_arch: Tuple[str, ...]
-    models: Tuple[str, ...]
-    exclude_models: Tuple[str, ...]
-    min_build: int
-    min_major: int
-    max_build: Optional[int]
-    beta: bool
-    version_key: tuple
+    # Slots: one of these per file, built at every start-up; a plain class builds in a fraction of a
+    # frozen dataclass's time and holds no __dict__.
+    __slots__ = ("record", "package", "arch", "exclude_arch", "models", "exclude_models",
+                 "min_build", "min_major", "max_build", "beta", "version_key")
 
-    @classmethod
-    def of(cls, record: Any) -> "Offer":
+    def __init__(self, record: Any):  # record: index.Record
         info = record.package.info
-        minimum = synology.parse_firmware(info.get("os_min_ver")) or synology.parse_firmware(
-            info.get("firmware")
-        )
+        minimum = synology.parse_firmware(info.get("os_min_ver")) or synology.parse_firmware(info.get("firmware"))
         maximum = synology.parse_firmware(info.get("os_max_ver"))
-        return cls(
-            record=record,
-            package=info["package"],
-            arch=tokens(info.get("arch")),
-            exclude_arch=tuple(synology.normalize_platform(t) for t in tokens(info.get("exclude_arch"))),
-            models=tokens(info.get("model")),
-            exclude_models=tokens(info.get("exclude_model")),
-            min_build=minimum.build if minimum else 0,
-            min_major=minimum.major if minimum else 0,
-            max_build=maximum.build if maximum else None,
-            beta=is_beta(info),
-            version_key=synology.version_key(info["version"]),
-        )
+        self.record = record
+        self.package: str = info["package"]
+        self.arch = tokens(info.get("arch"))
+        self.exclude_arch = tuple(synology.normalize_platform(t) for t in tokens(info.get("exclude_arch")))
+        self.models = tokens(info.get("model"))
+        self.exclude_models = tokens(info.get("exclude_model"))
+        self.min_build = minimum.build if minimum else 0
+        self.min_major = minimum.major if minimum else 0
+        self.max_build: Optional[int] = maximum.build if maximum else None
+        self.beta = is_beta(info)
+        self.version_key = synology.version_key(info["version"])
 
     def accepts(self, query: "Query") -> int:
         """0 when this file is not a candidate for the query, else its arch-match rank."""
@@ -100,8 +87,7 @@ class Offer:
         return rank
 
 
-@dataclass(frozen=True)
-class Query:
+class Query(NamedTuple):
     """The parts of a NAS request that decide the answer."""
 
     build: Optional[int]
@@ -133,8 +119,7 @@ def _int(value: Optional[str]) -> Optional[int]:
     return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else None
 
 
-@dataclass(frozen=True)
-class Links:
+class Links(NamedTuple):
     """How URLs are formed for one answer: base URL and route prefixes."""
 
     base: str  # "http://host:port"
@@ -158,7 +143,7 @@ class Catalog:
         offers: List[Offer] = []
         for record in records:
             offer = known.get(id(record))
-            offers.append(offer if offer is not None and offer.record is record else Offer.of(record))
+            offers.append(offer if offer is not None and offer.record is record else Offer(record))
         self.offers: List[Offer] = sorted(offers, key=lambda o: (o.package, o.record.path))
         self.settings = settings
         self.keyrings: List[str] = list(settings.get("keyrings", ()))
@@ -178,7 +163,7 @@ class Catalog:
         if debug is not None:
             return self._render(query, links, debug)
         # `unique` only matters when some package names models: leave it out of the key otherwise.
-        key = (query if self.uses_models else replace(query, unique=""), links)
+        key = (query if self.uses_models else query._replace(unique=""), links)
         body = self._memo.get(key)
         if body is None:
             body = self._render(query, links, None)
@@ -324,6 +309,8 @@ def _flag(info: Mapping[str, str], key: str, default: bool) -> bool:
 
 def debug_entry(debug: Dict[str, str], links: Links) -> Dict[str, Any]:
     """A pseudo-package that shows the operator what the NAS sent (SPEC 1.8)."""
+    import html  # here: its entity table costs ~0.4 MiB, and only this debugging aid needs it
+
     lines = [f"{k}={v}" for k, v in debug.items()]
     return {
         "package": "spklite-debug",

@@ -13,8 +13,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # PyYAML, json and ipaddress are imported where they are needed: start-up time and memory count on small devices.
 
@@ -51,8 +50,7 @@ def _same(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class Kind:
+class Kind(NamedTuple):
     """How a raw value (a flag or environment string, a YAML scalar or list) becomes a typed value."""
 
     parse: Callable[[Any], Any]  # raises ValueError (or TypeError) when the value is not allowed
@@ -304,8 +302,7 @@ TRUSTED_PROXY = Kind(_parse_trusted_proxy, "an IP address such as 127.0.0.1, * f
 # The schema #################################################################################################
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     key: str  # dotted key path: the config dict key, the YAML nesting, the --flag and the environment name
     default: Any  # a raw default, parsed like any other value
     kind: Kind
@@ -553,6 +550,14 @@ def _locate(flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, 
     return home, config_file
 
 
+def load_yaml(source: str | bytes) -> Any:
+    """yaml.safe_load, through libyaml when PyYAML has it: the config file is read at every start, and the
+    pure-Python parser takes ~5 ms for it (the zipapp's PyYAML has no C module: the same answer, slower)."""
+    import yaml
+
+    return yaml.load(source, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def read_file(file_name: str) -> dict[str, Any] | None:
     """The settings in a YAML config file as {dotted key: raw value}; None when there is no such file."""
     try:
@@ -569,7 +574,7 @@ def read_file(file_name: str) -> dict[str, Any] | None:
     import yaml  # here: a server started without a config file never needs it
 
     try:
-        document = yaml.safe_load(text)
+        document = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

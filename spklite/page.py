@@ -11,9 +11,8 @@ NAS's (arch, build, unique): a browser submitting it still gets this page.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 from urllib.parse import urlencode
 
 import bottle
@@ -42,8 +41,7 @@ def _template() -> bottle.SimpleTemplate:
     return bottle.SimpleTemplate(source=_asset("page.tpl"))
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     """A NAS described by the form, as the catalog request it would send."""
 
     title: str  # "DS918+ (apollolake)" or "platform apollolake"

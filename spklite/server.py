@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import logging.handlers
 import os
@@ -160,6 +161,11 @@ def _serve(cfg: Mapping[str, Any]) -> int:
         return 1
     upkeep = Upkeep(index)
     upkeep.start()
+    # cli.main turned the collector off for the start-up. One pass for its garbage, then its objects,
+    # which stay for good, are moved out of the collector's sight: its passes look at what requests make.
+    gc.collect()
+    gc.freeze()
+    gc.enable()
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)

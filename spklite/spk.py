@@ -18,9 +18,8 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import IO, Any, NamedTuple
 from zlib import adler32
 
 from spklite.synology import DSM7_BUILD, DSM7_VERSION, parse_firmware
@@ -75,8 +74,7 @@ def blob_name(data: bytes, suffix: str) -> str:
 # Package record ##################################################################
 
 
-@dataclass(frozen=True)
-class Package:
+class Package(NamedTuple):
     """What the index, the catalog and the API need to know about one .spk."""
 
     info: dict[str, str]  # INFO keys lower-cased; base64 icon values dropped
@@ -88,9 +86,10 @@ class Package:
     upgrade_wizard: bool
     warnings: tuple[str, ...]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, texts: dict[str, int]) -> dict[str, Any]:
+        """A JSON-ready dict; INFO values are numbers in `texts` (text -> number), which grows as needed."""
         return {
-            "info": dict(self.info),
+            "info": {key: texts.setdefault(value, len(texts)) for key, value in self.info.items()},
             "icon": self.icon,
             "icon_256": self.icon_256,
             "screenshots": list(self.screenshots),
@@ -101,43 +100,28 @@ class Package:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Package:
-        """The inverse of to_json; ValueError when `data` is not such a dict."""
+    def from_json(cls, data: Mapping[str, Any], texts: Sequence[str]) -> Package:
+        """The inverse of to_json, with `texts` the table as a list; ValueError when `data` is not such a dict."""
         try:
-            info, icon, icon_256 = data["info"], data["icon"], data["icon_256"]
+            info = {key: texts[number] for key, number in data["info"].items()}
+            icon, icon_256 = data["icon"], data["icon_256"]
             screenshots, warnings = tuple(data["screenshots"]), tuple(data["warnings"])
             flags = (data["has_license"], data["install_wizard"], data["upgrade_wizard"])
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ValueError(f"not a package record: {exc!r}") from None
         # This runs for every record at each start-up: type() tests in plain loops
         # are the cheapest check (isinstance, all() and sets all cost more).
         if not (
-            type(info) is dict
-            and (icon is None or type(icon) is str)
+            (icon is None or type(icon) is str)
             and (icon_256 is None or type(icon_256) is str)
             and type(flags[0]) is type(flags[1]) is type(flags[2]) is bool
-            and _all_str(info)
-            and _all_str(info.values())
-            and _all_str(screenshots + warnings)
+            and all_str(screenshots + warnings)
         ):
             raise ValueError("not a package record: a field has the wrong type")
-        # Not cls(...): a frozen dataclass's __init__ sets each field with
-        # object.__setattr__, over half the time here. All eight fields are set, each checked above.
-        package = object.__new__(cls)
-        package.__dict__.update(
-            info=dict(info),
-            icon=icon,
-            icon_256=icon_256,
-            screenshots=screenshots,
-            has_license=flags[0],
-            install_wizard=flags[1],
-            upgrade_wizard=flags[2],
-            warnings=warnings,
-        )
-        return package
+        return cls(info, icon, icon_256, screenshots, *flags, warnings)
 
 
-def _all_str(items: Iterable[Any]) -> bool:
+def all_str(items: Iterable[Any]) -> bool:
     for item in items:
         if type(item) is not str:
             return False

@@ -136,3 +136,15 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> Any:
         value = predicate()
     return value
 
+
+
+def read_snapshot(cache: Path) -> Dict[str, Any]:
+    """The snapshot in a cache folder as {"header": ..., "files": {path: entry}, "rejected": {path: entry}}.
+
+    Every line must be whole JSON: a half-written snapshot fails here."""
+    header, *entries = [json.loads(line) for line in (cache / "index.jsonl").read_text().splitlines()]
+    return {
+        "header": header,
+        "files": {e["path"]: e for e in entries if "reason" not in e},
+        "rejected": {e["path"]: e for e in entries if "reason" in e},
+    }

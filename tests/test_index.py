@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
+from conftest import read_snapshot
 from spkbuilder import build_broken, build_spk
 
-from spklite.index import Index, is_candidate_name
+from spklite.index import SNAPSHOT_SCHEMA, Index, is_candidate_name
 
 
 def make_index(packages: Path, cache: Path) -> Index:
@@ -46,8 +47,9 @@ def test_snapshot_round_trip_and_warm_start(packages, tmp_path):
     state = first.scan()
     first.fill_md5(first.pending_md5())
     assert first.save_snapshot()
-    data = json.loads((tmp_path / "cache" / "index.json").read_text())
-    assert data["schema"] == 1 and data["folder"] == str(packages) and len(data["files"]) == 5
+    data = read_snapshot(tmp_path / "cache")
+    assert data["header"]["schema"] == SNAPSHOT_SCHEMA and data["header"]["folder"] == str(packages)
+    assert len(data["files"]) == 5
     assert "bad.spk" in data["rejected"]
     assert "package_icon" not in json.dumps(data)  # no base64 icons kept
 
@@ -72,11 +74,27 @@ def test_corrupt_or_foreign_snapshots_are_rebuilt(packages, tmp_path, caplog):
     build_spk(packages / "a.spk", {"package": "a"})
     cache = tmp_path / "cache"
     cache.mkdir()
-    snapshot = cache / "index.json"
-    for content in (b"{not json", b"[]", json.dumps({"schema": 999}).encode(),
-                    json.dumps({"schema": 1, "folder": "/elsewhere", "files": {}, "rejected": {}}).encode(),
-                    json.dumps({"schema": 1, "folder": str(packages), "files": {"a.spk": {"size": "x"}},
-                                "rejected": {}}).encode()):
+    snapshot = cache / "index.jsonl"
+    header = {"schema": SNAPSHOT_SCHEMA, "folder": str(packages), "texts": ["a", "1.0-1"]}
+    record = {"path": "a.spk", "size": 1, "mtime_ns": 1, "inode": 1, "md5": None, "package": {
+        "info": {"package": 0, "version": 1}, "icon": None, "icon_256": None, "screenshots": [],
+        "has_license": False, "install_wizard": False, "upgrade_wizard": False, "warnings": []}}
+
+    def lines(*entries):
+        return "".join(json.dumps(entry) + "\n" for entry in entries).encode()
+
+    snapshot.write_bytes(lines(header, record))  # whole: used (its a.spk is then parsed again: other stat)
+    assert make_index(packages, cache).load_snapshot()
+    for content in (
+        b"{not json", b"[]", lines({"schema": 999}),
+        lines(dict(header, schema=1), record),  # another spklite's
+        lines(dict(header, folder="/elsewhere"), record),
+        lines(header, dict(record, size="x")),
+        lines(header, record)[:-20],  # cut short
+        lines(dict(header, texts=["a"]), record),  # a text number out of range
+        lines(dict(header, texts=["a", 1]), record),
+        lines(header, dict(record, path=None)),
+    ):
         snapshot.write_bytes(content)
         index = make_index(packages, cache)
         assert not index.load_snapshot()

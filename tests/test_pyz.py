@@ -158,7 +158,7 @@ def test_every_subcommand_runs_without_dependencies(python: str, pyz: Path, tmp_
 
     scanned = run(python, pyz, "scan", "-H", str(tmp_path / "home"), "--packages", str(packages), cwd=tmp_path)
     assert scanned.returncode == 0, scanned.stdout + scanned.stderr
-    assert list((tmp_path / "home").rglob("*.json")), "scan writes the index snapshot"
+    assert list((tmp_path / "home").rglob("index.jsonl")), "scan writes the index snapshot"
 
 
 @needs_bare

@@ -9,7 +9,7 @@ import signal
 import socket
 import time
 
-from conftest import wait_for
+from conftest import read_snapshot, wait_for
 from spkbuilder import build_spk
 
 DSM7 = "/?arch=apollolake&build=42661&major=7&minor=1&language=enu&ds_sn=SERIAL0042"
@@ -31,8 +31,7 @@ def test_catalog_download_range_and_clean_exit(run_server, packages, tmp_path):
     log = server.output()
     assert "Traceback" not in log
     assert "SERIAL0042" not in log and "ds_sn=***" in log  # the serial number is masked
-    snapshot = json.loads((tmp_path / "home" / "cache" / "index.json").read_text())
-    assert list(snapshot["files"]) == ["a.spk"]
+    assert list(read_snapshot(tmp_path / "home" / "cache")["files"]) == ["a.spk"]
 
 
 def test_restart_uses_the_snapshot(run_server, packages, tmp_path):

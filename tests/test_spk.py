@@ -937,7 +937,10 @@ def test_json_round_trip(tmp_path):
     )
     package = read_spk(path)
     assert package.warnings and package.screenshots
-    again = Package.from_json(json.loads(json.dumps(package.to_json())))
+    texts: dict = {}
+    data = json.loads(json.dumps(package.to_json(texts)))
+    assert all(type(number) is int for number in data["info"].values())  # INFO texts are numbers in `texts`
+    again = Package.from_json(data, list(texts))
     assert again == package
     assert isinstance(again.screenshots, tuple) and isinstance(again.warnings, tuple)
 
@@ -949,11 +952,13 @@ def test_json_round_trip(tmp_path):
         lambda d: d.update(info=["not", "a", "dict"]),
         lambda d: d.update(has_license="yes"),
         lambda d: d.update(screenshots=[1, 2]),
-        lambda d: d.update(info={"package": 3}),
+        lambda d: d.update(info={"package": "x"}),  # a text where its number belongs
+        lambda d: d.update(info={"package": 1000}),  # a number past the table
     ],
 )
 def test_from_json_refuses_a_damaged_record(tmp_path, damage):
-    data = read_spk(build_spk(tmp_path / "x.spk")).to_json()
+    texts: dict = {}
+    data = read_spk(build_spk(tmp_path / "x.spk")).to_json(texts)
     damage(data)
     with pytest.raises(ValueError):
-        Package.from_json(data)
+        Package.from_json(data, list(texts))

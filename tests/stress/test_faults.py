@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import pytest
-from conftest import TESTS, free_port, wait_for
+from conftest import TESTS, free_port, read_snapshot, wait_for
 from spkbuilder import build_spk
 
 from spklite.index import Index
@@ -26,7 +26,12 @@ from stress import sized
 pytestmark = pytest.mark.stress
 
 DSM7 = "/?arch=apollolake&build=42661&major=7&minor=1&language=enu"
-FAT = {"description": "d" * 3000, "changelog": "c" * 2000}  # ~8 MiB of snapshot for 1,500 files
+
+
+def fat(name: str) -> Dict[str, str]:
+    """INFO of a package with its own long texts (~8 MiB of snapshot for 1,500 of them: equal texts are
+    stored once)."""
+    return {"package": name, "description": f"{name} " + "d" * 3000, "changelog": f"{name} " + "c" * 2000}
 
 
 def folder_state(folder: Path) -> Dict[str, str]:
@@ -61,9 +66,8 @@ def test_kill_9_while_the_snapshot_is_written(
     folder.mkdir()
     home.mkdir()
     cache = home / "cache"
-    fat = build_spk(tmp_path / "fat.spk", {"package": "fat", **FAT}).read_bytes()
     for n in range(1500):
-        (folder / f"f{n}.spk").write_bytes(fat)
+        build_spk(folder / f"f{n}.spk", fat(f"f{n}"))
     trials, interrupted, serial = sized(10, 100), 0, 0
     for trial in range(trials):
         # A restart serves exactly the folder, whatever the last kill left behind.
@@ -81,14 +85,14 @@ def test_kill_9_while_the_snapshot_is_written(
             if rng.random() < 0.3 and victim.exists():
                 victim.unlink()
             else:
-                build_spk(victim, {"package": f"v{serial}", **FAT})
-        before = cache.joinpath("index.json").stat().st_mtime_ns
+                build_spk(victim, fat(f"v{serial}"))
+        before = cache.joinpath("index.jsonl").stat().st_mtime_ns
         proc = spawn(home, "--packages", str(folder))
         if trial % 2:  # at a random moment of start-up
             time.sleep(rng.uniform(0.1, 2.5))
         else:  # at a random moment after the write began
             wait_for(
-                lambda b=before: any(cache.glob(".tmp-*")) or cache.joinpath("index.json").stat().st_mtime_ns != b,
+                lambda b=before: any(cache.glob(".tmp-*")) or cache.joinpath("index.jsonl").stat().st_mtime_ns != b,
                 timeout=20,
                 interval=0.001,
             )
@@ -96,12 +100,12 @@ def test_kill_9_while_the_snapshot_is_written(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         interrupted += any(cache.glob(".tmp-*"))
-        json.loads(cache.joinpath("index.json").read_bytes())  # never half-written
+        read_snapshot(cache)  # never half-written
     final = run_server("--packages", str(folder), home=home)
     assert wait_for(lambda: final.json("/health")["md5_pending"] == 0, timeout=30)
     assert served_state(final) == folder_state(folder)
     figures(
-        f"{trials} kill -9 trials, 1,500 files, {cache.joinpath('index.json').stat().st_size >> 20} MiB "
+        f"{trials} kill -9 trials, 1,500 files, {cache.joinpath('index.jsonl').stat().st_size >> 20} MiB "
         f"snapshot; {interrupted} kills interrupted a snapshot write; every restart served the folder"
     )
 
@@ -137,11 +141,11 @@ def test_cache_folder_full(tmp_path: Path, run_server: Callable[..., Any]):
         folder.mkdir()
         build_spk(folder / "a.spk", {"package": "a"})
         server = run_server("--packages", str(folder), "--cache", str(cache))
-        assert wait_for(lambda: cache.joinpath("index.json").exists())
+        assert wait_for(lambda: cache.joinpath("index.jsonl").exists())
         assert "cache_error" not in server.json("/health")
         # Packages whose icons and records outgrow 64 KiB.
         for n in range(40):
-            build_spk(folder / f"big{n}.spk", {"package": f"big{n}", **FAT}, icon_256=True, screenshots=1)
+            build_spk(folder / f"big{n}.spk", fat(f"big{n}"), icon_256=True, screenshots=1)
         assert wait_for(lambda: server.json("/health")["packages"] == 41, timeout=20)
         assert wait_for(lambda: "cache_error" in server.json("/health"), timeout=20)
         health = server.json("/health")
