@@ -11,8 +11,8 @@ NAS's (arch, build, unique): a browser submitting it still gets this page.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 from urllib.parse import urlencode
 
 import bottle
@@ -21,7 +21,11 @@ from spklite import __version__, synology
 from spklite.app import asset
 from spklite.catalog import Query, newest_per_package
 
-Get = Callable[[str], Optional[str]]
+TYPE_CHECKING = False  # typing is imported by the type checker only: ~5 ms and 0.5 MiB of each start
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+    Get = Callable[[str], Optional[str]]
 
 # ("7.2.2", 72806), ("7.2", 63134), ... newest first.
 DSM_OPTIONS: Tuple[Tuple[str, int], ...] = tuple(
@@ -41,9 +45,10 @@ def _template() -> bottle.SimpleTemplate:
     return bottle.SimpleTemplate(source=_asset("page.tpl"))
 
 
-class Choice(NamedTuple):
+class Choice(namedtuple("Choice", "title platform dsm build channel unique")):
     """A NAS described by the form, as the catalog request it would send."""
 
+    __slots__ = ()
     title: str  # "DS918+ (apollolake)" or "platform apollolake"
     platform: str
     dsm: str

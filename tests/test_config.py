@@ -254,6 +254,38 @@ def test_yaml_off_is_understood_for_watch(home: Path) -> None:
     assert load_in(home, create_file=False)["watch"] == "off"
 
 
+def test_the_parsed_file_is_kept_and_used_while_the_file_is_unchanged(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(home, "spklite:\n  port: 1234\n  keyrings: [a.asc]\n")
+    kept = home / ".config.yml.json"
+    assert load_in(home)["port"] == 1234 and kept.exists()
+
+    def no_yaml(text: str) -> Any:
+        raise AssertionError("parsed again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(config, "load_yaml", no_yaml)
+        cfg = load_in(home)  # the kept document serves
+    assert cfg["port"] == 1234 and cfg["keyrings"] == [str(home / "a.asc")]
+    path.write_text("spklite:\n  port: 4321\n")  # edited: parsed again, kept anew
+    assert load_in(home)["port"] == 4321
+    kept.write_text('{"sha256": "damaged')
+    assert load_in(home)["port"] == 4321
+    path.write_text("spklite:\n  port: 1111\n")
+    kept.write_text(kept.read_text().replace("4321", "9999"))  # another file's: its hash does not match
+    assert load_in(home)["port"] == 1111
+
+
+def test_the_parsed_file_is_not_kept_by_the_config_command_or_when_json_would_change_it(home: Path) -> None:
+    write_config(home, "spklite:\n  port: 1234\n")
+    load_in(home, create_file=False)  # what `spklite config` does: it writes nothing
+    assert not (home / ".config.yml.json").exists()
+    write_config(home, "spklite:\n  port: 1234\n  defaults:\n    maintainer: 2024-01-02\n")  # a YAML date
+    assert load_in(home)["defaults.maintainer"] == "2024-01-02"
+    assert not (home / ".config.yml.json").exists()
+
+
 # First run ##################################################################################################
 
 
