@@ -33,7 +33,7 @@ from drive import Process, fetch, load, median_of
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-SPKLITE = str(BIN / "spklite")
+REPO = HERE.parent
 MB = 1 << 20
 LARGE_SIZE = 100 * MB
 
@@ -107,6 +107,22 @@ class Bench:
         # folder, not in the source tree), whatever PYTHONDONTWRITEBYTECODE says in this shell.
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         self.env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        self.program = self.installed()
+
+    def installed(self) -> str:
+        """spklite as `pip install .` puts it on a machine. The development venv's editable install loads a
+        path finder at every interpreter start (pathlib, urllib.parse: ~15 ms) that no real install has."""
+        venv = self.work / "venv"
+        self.say("installing spklite into a fresh venv, as a user would")
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], check=True,
+                           stdout=subprocess.DEVNULL)
+            return str(venv / "bin" / "spklite")
+        except (OSError, subprocess.CalledProcessError) as exc:
+            self.notes.append(f"spklite could not be installed into a venv ({exc}): the editable development "
+                              "install ran, whose start-up also loads its path finder (~15 ms)")
+            return str(BIN / "spklite")
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -122,7 +138,7 @@ class Bench:
     def spklite(self, name: str, folder: Path, home: Path, *extra: str, env: Optional[Dict[str, str]] = None
                 ) -> Process:
         port = drive.free_port()
-        argv = [SPKLITE, "--home", str(home), "--packages", str(folder), "--port", str(port),
+        argv = [self.program, "--home", str(home), "--packages", str(folder), "--port", str(port),
                 "--host", "127.0.0.1", *extra]
         proc = Process(name, argv, self.log_dir / f"{name}.log", port, env or self.env)
         self.procs.append(proc)
@@ -191,6 +207,17 @@ class Bench:
         finally:
             proc.stop()
 
+    def floor_start(self) -> float:
+        """Seconds from exec to the first answer of the stack's floor (Bottle + waitress, a constant body)."""
+        python = str(Path(self.program).parent / "python")  # the same interpreter and packages as spklite
+        port = drive.free_port()
+        argv = [python, str(HERE / "floor.py"), str(port), json.dumps(self.settings), "15"]
+        proc = Process(f"floor-start-{port}", argv, self.log_dir / f"floor-start-{port}.log", port, self.env)
+        try:
+            return proc.start().wait_answer("/")[0]
+        finally:
+            proc.stop()
+
     def startups(self, folders: Dict[str, Path]) -> None:
         """Rounds of: empty folder, then per N a cold start (it leaves the snapshot) and a warm one."""
         runs, sizes = self.args.runs, (1000, 2000)
@@ -201,6 +228,7 @@ class Bench:
         for r in range(runs):
             self.say(f"start-ups, round {r + 1}/{runs}")
             shutil.rmtree(self.work / "home-empty", ignore_errors=True)
+            starts.setdefault("floor", []).append((self.floor_start(), b"", 0.0))
             starts.setdefault("empty", []).append(
                 self.start_once("empty", folders["empty"], self.work / "home-empty", True))
             for n in sizes:
@@ -213,7 +241,9 @@ class Bench:
             return statistics.median(start[item] for start in starts[key])
 
         t_empty, rss_empty = median("empty", 0), median("empty", 2)
-        self.add("S1 start-up, empty folder (to first catalog answer)", ms(t_empty))
+        self.add("S1 start-up of the stack's floor (Bottle + waitress, constant body)", ms(median("floor", 0)))
+        self.add("S1 start-up, empty folder (to first catalog answer)", ms(t_empty), f"floor {ms(median('floor', 0))}",
+                 t_empty / median("floor", 0))
         # Without any bytecode cache, as from a .pyz (zipimport never caches compiled code).
         uncached = dict(self.env, PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(self.work / "no-pycache"))
         t_uncached = statistics.median(
@@ -490,7 +520,7 @@ class Bench:
             self.start_once("before-profile", folder, home, settle=True)  # leaves a complete snapshot
         port = drive.free_port()
         out = self.log_dir / f"profile-{len(self.profiles)}.txt"
-        argv = [SPKLITE, "--home", str(home), "--packages", str(folder), "--port", str(port),
+        argv = [self.program, "--home", str(home), "--packages", str(folder), "--port", str(port),
                 "--host", "127.0.0.1"]
         recorder = spy.record_command(argv, out, self.log_dir / "profile-start.log", self.env)
         proc = Process("profiled", argv, self.log_dir / "profile-start.log", port)

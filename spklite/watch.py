@@ -15,7 +15,7 @@ import time
 
 from spklite.index import Index
 
-TYPE_CHECKING = False  # typing is imported by the type checker only: ~5 ms and 0.5 MiB of each start
+TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
     from typing import Dict, Optional, Set
 
