@@ -52,12 +52,11 @@ COMPRESSED_REASON = "compressed tar ({}) — SPKs must be uncompressed"
 # Synology's own encrypted archives (DSM 7 system .spk/.pat): a format byte, then AD BE EF.
 _SYNOLOGY_ENCRYPTED = b"\xad\xbe\xef"
 
-# Patterns as text, compiled by `re` on first use (and cached by it): a warm start reads no SPK.
-_BAD_PACKAGE_NAME = r"[:/<>|=\s]"
-_SCREENSHOT = r"(?i)^((?:.*_)?screen_)(\d+)\.png$"
-_WIZARD = r"^WIZARD_UIFILES/(install|upgrade)_uifile(?:_[A-Za-z]{3})?(?:\.sh)?$"
-_ASSIGNMENT = r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$"
-_ESCAPE = r"\\([\"\\])"
+_BAD_PACKAGE_NAME = re.compile(r"[:/<>|=\s]")
+_SCREENSHOT = re.compile(r"^((?:.*_)?screen_)(\d+)\.png$", re.IGNORECASE)
+_WIZARD = re.compile(r"^WIZARD_UIFILES/(install|upgrade)_uifile(?:_[A-Za-z]{3})?(?:\.sh)?$")
+_ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
+_ESCAPE = re.compile(r"\\([\"\\])")
 
 
 class SpkError(Exception):
@@ -159,7 +158,7 @@ def parse_info(raw: bytes) -> tuple[dict[str, str], list[str]]:
         # Findings about lines are kept up to a limit: 1 MiB of junk lines must not
         # become 500,000 warnings (55 MB in memory, 23 MB in the snapshot).
         found = warnings if len(warnings) < MAX_LINE_WARNINGS else []
-        match = re.match(_ASSIGNMENT, line)
+        match = _ASSIGNMENT.match(line)
         if not match:
             found.append(f"INFO line {number}: not a key=value line: {_clip(line)!r}")
         else:
@@ -187,7 +186,7 @@ def _value(text: str, number: int, warnings: list[str]) -> str:
     elif body[end + 1 :].strip():
         warnings.append(f"INFO line {number}: text after the closing quote ignored")
     value = body[:end]
-    return re.sub(_ESCAPE, r"\1", value) if quote == '"' and "\\" in value else value
+    return _ESCAPE.sub(r"\1", value) if quote == '"' and "\\" in value else value
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -481,12 +480,12 @@ def _take(fh: IO[bytes], name: str, start: int, length: int, found: _Found) -> N
                 found.icon_256 = data
         elif "/" not in name:
             # Ordered by number, not by string: screen_2 comes before screen_10.
-            match = re.match(_SCREENSHOT, name)
+            match = _SCREENSHOT.match(name)
             data = _image(fh, name, start, length, found) if match else None
             if match and data is not None:
                 found.screenshots.append(((match.group(1).upper(), int(match.group(2)), name), data))
     elif name.startswith("WIZARD_UIFILES/"):
-        wizard = re.match(_WIZARD, name)
+        wizard = _WIZARD.match(name)
         if wizard and wizard.group(1) == "install":
             found.install_wizard = True
         elif wizard:
@@ -573,7 +572,7 @@ def _validate(info: dict[str, str], warnings: list[str], has_icon: bool) -> None
         if not info.get(key, "").strip():
             reason = reason or f"INFO: missing required key {key!r}"
     name = info.get("package", "")
-    if name and re.search(_BAD_PACKAGE_NAME, name):
+    if name and _BAD_PACKAGE_NAME.search(name):
         reason = reason or f"INFO: invalid package name {name!r}"
 
     minimum = parse_firmware(info.get("os_min_ver") or info.get("firmware"))
