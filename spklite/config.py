@@ -564,8 +564,8 @@ def load_yaml(source: str | bytes) -> Any:
     return yaml.load(source, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def parsed_yaml(file_name: str, data: bytes, text: str, keep: bool) -> Any:
-    """The YAML document in a config file (`data`, decoded as `text`).
+def parsed_yaml(file_name: str, data: bytes, keep: bool) -> Any:
+    """The YAML document in a config file's bytes.
 
     Importing PyYAML and parsing took 15% of a warm start (~35 ms here), so the document is kept beside the
     file as JSON (`.config.yml.json`) under the text's SHA-256 and read back while the file is unchanged.
@@ -584,6 +584,10 @@ def parsed_yaml(file_name: str, data: bytes, text: str, keep: bool) -> Any:
             return kept["document"]
     except (OSError, ValueError, TypeError, KeyError):
         pass  # none yet, or not ours: parse
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file_name}: not allowed: the config file must be UTF-8 text") from None
     import yaml  # only now: a server started without a config file, or with a kept one, never needs it
 
     try:
@@ -603,7 +607,7 @@ def parsed_yaml(file_name: str, data: bytes, text: str, keep: bool) -> Any:
     return document
 
 
-def read_file(file_name: str, keep_parsed: bool = True) -> dict[str, Any] | None:
+def read_file(file_name: str, keep_parsed: bool) -> dict[str, Any] | None:
     """The settings in a YAML config file as {dotted key: raw value}; None when there is no such file.
 
     With `keep_parsed`, the parsed document is kept beside the file for the next start (`parsed_yaml`)."""
@@ -614,11 +618,7 @@ def read_file(file_name: str, keep_parsed: bool = True) -> dict[str, Any] | None
         return None
     except OSError as exc:
         raise ConfigError(f"config: cannot read '{file_name}': {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file_name}: not allowed: the config file must be UTF-8 text") from None
-    document = parsed_yaml(file_name, data, text, keep_parsed)
+    document = parsed_yaml(file_name, data, keep_parsed)
     if document is None:
         return {}
     if not isinstance(document, dict):

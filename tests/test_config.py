@@ -277,6 +277,13 @@ def test_the_parsed_file_is_kept_and_used_while_the_file_is_unchanged(
     assert load_in(home)["port"] == 1111
 
 
+def test_a_config_file_that_is_not_utf8_is_named(home: Path) -> None:
+    home.mkdir(parents=True)
+    (home / "config.yml").write_bytes("spklite:\n  defaults:\n    maintainer: Jos\xe9\n".encode("latin-1"))
+    assert "must be UTF-8 text" in error_of(home)
+    assert not (home / ".config.yml.json").exists()
+
+
 def test_the_parsed_file_is_not_kept_by_the_config_command_or_when_json_would_change_it(home: Path) -> None:
     write_config(home, "spklite:\n  port: 1234\n")
     load_in(home, create_file=False)  # what `spklite config` does: it writes nothing
