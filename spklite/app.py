@@ -12,11 +12,12 @@ import logging
 import os
 import re
 import threading
+from urllib.parse import parse_qsl
 
 import bottle
 
 from spklite import __license__, __version__, files
-from spklite.catalog import Catalog, Links, Query, encode
+from spklite.catalog import Catalog, Links, Query, encode, file_text
 from spklite.config import load_yaml
 from spklite.index import Index, State
 
@@ -31,9 +32,13 @@ NAS_PARAMS = ("arch", "build")
 DEFAULT_ICON = "spklite-default-icon.png"
 # Blob names are content hashes: safe to cache forever.
 BLOB_NAME = re.compile(r"^[0-9a-f]{16,64}\.(png|jpg|jpeg|gif)$")
-SAFE_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+# A name (labels of at most 63 characters) or an IP literal, with a port: every answer embeds the Host in its
+# URLs, so a 30 KB Host header must not make (and cache) 30 KB URLs.
+PLAUSIBLE_HOST = re.compile(r"^(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?(?::[0-9]{1,5})?$"
+                            r"|^\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?$")
+MAX_HOST = 261  # 253 for the name, 6 for ":65535", brackets
 MASKED_PARAMS = frozenset(("ds_sn",))
-REPLAYABLE = "spklite.replayable"  # environ flag: this answer may be replayed (see AnswerCache)
+MAX_FORM_BODY = 64 << 10  # a NAS form body is ~200 bytes; a larger one counts for nothing
 MASKED_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization", "x-api-key"))
 
 
@@ -98,36 +103,79 @@ class Server:
                     self._catalog = (state.version, catalog)
         return state, catalog
 
-    def links(self) -> Links:
-        env = bottle.request.environ
-        scheme = self.cfg["scheme"] or env.get("wsgi.url_scheme", "http")
-        host = self.cfg["hostname"] or request_host(env)
+    def links(self, environ: Mapping[str, Any]) -> Links:
+        scheme = self.cfg["scheme"] or environ.get("wsgi.url_scheme", "http")
+        host = self.cfg["hostname"] or request_host(environ)
         return Links(f"{scheme}://{host}", self.cfg["router.download"], self.cfg["router.static"], DEFAULT_ICON)
+
+    def nas_answer(self, environ: Mapping[str, Any], params: Mapping[str, str]) -> bytes:
+        """The catalog answer for a NAS's parameters (memoised by the catalog on exactly what decides it)."""
+        _, catalog = self.catalog()
+        debug = debug_info(environ, params) if self.cfg["debug-package"] else None
+        return catalog.answer(Query.from_params(params.get), self.links(environ), debug)
 
 
 def request_host(env: Mapping[str, str]) -> str:
-    """The Host the client used; X-Forwarded-* only count via waitress' trusted proxy."""
+    """The Host the client used when it is a plausible host[:port]; X-Forwarded-* only count via waitress'
+    trusted proxy. Anything else gets the server's own address (and shares its answers)."""
     host = env.get("HTTP_HOST", "")
-    if SAFE_HOST.match(host):
+    if len(host) <= MAX_HOST and PLAUSIBLE_HOST.match(host) and int(host.rpartition("]")[2].partition(":")[2]
+                                                                     or 0) <= 65535:
         return host
     name, port = env.get("SERVER_NAME", "localhost"), env.get("SERVER_PORT", "80")
     return name if port in ("80", "443") else f"{name}:{port}"
 
 
-def param_getter() -> Callable[[str], Optional[str]]:
-    """Read a parameter from the query string or the form body (DSM 3/4 POST)."""
-    req = bottle.request
+def request_params(environ: Dict[str, Any]) -> Dict[str, str]:
+    """The parameters of a request to "/": the query string, and for a POST its form body on top (DSM 3-6).
+
+    A GET's body never counts: bottle would read it and let it override the query, so a GET's answer would
+    depend on more than its URL. Values are decoded as UTF-8 (invalid bytes still count as given: a NAS
+    always gets its JSON, SPEC 1.2) and cut at 256 characters; the last of repeated keys wins, as in bottle.
+    """
+    params = _parsed(environ.get("QUERY_STRING", ""))
+    if environ.get("REQUEST_METHOD") == "POST":
+        params.update(_parsed(form_body(environ).decode("latin-1")))
+    return params
+
+
+def form_body(environ: Dict[str, Any]) -> bytes:
+    """A POST's body when small enough to be a form, else b""; left readable again for bottle."""
     try:
-        params = req.params
-    except bottle.HTTPError:  # a body too large to parse: the query string still counts
-        params = req.query
-    def get(name: str) -> Optional[str]:
-        value = params.get(name)  # bottle keeps the raw bytes as Latin-1 text
-        if value is None:
-            return None
-        # Not UTF-8 (`arch=%ff`) still counts as given: a NAS always gets its JSON (SPEC 1.2).
-        return value.encode("latin-1", "replace").decode("utf-8", "replace")[:256]
-    return get
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return b""
+    if not 0 < length <= MAX_FORM_BODY:
+        return b""
+    body = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
+
+
+def _parsed(text: str) -> Dict[str, str]:
+    """A query string (PEP 3333: raw bytes as Latin-1 text) as {name: value}."""
+    text = text.encode("latin-1", "replace").decode("utf-8", "replace")
+    return {k: v[:256] for k, v in parse_qsl(text, keep_blank_values=True, errors="replace", max_num_fields=None)}
+
+
+def is_nas_request(get: Callable[[str], Optional[str]]) -> bool:
+    return any(get(p) is not None for p in NAS_PARAMS) or (get("unique") or "").startswith("synology")
+
+
+def debug_info(environ: Mapping[str, Any], params: Mapping[str, str]) -> Dict[str, str]:
+    """What a NAS sent, for the debug pseudo-package (SPEC 1.8); secrets masked."""
+    shown: Dict[str, str] = {}
+    for key in sorted(params):
+        shown[key] = "***" if key in MASKED_PARAMS else params[key]
+    headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            headers[key.replace("_", "-").title()] = environ[key]
+    for key, value in sorted(headers.items()):
+        shown["header " + key] = "***" if key.lower() in MASKED_HEADERS else str(value)[:256]
+    shown["method"] = environ.get("REQUEST_METHOD", "")
+    return shown
 
 
 def json_response(value: Any, status: int = 200) -> bottle.HTTPResponse:
@@ -139,33 +187,22 @@ def error(status: int, message: str, **extra: Any) -> bottle.HTTPResponse:
 
 
 def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]] = None,
-             watch_mode: Callable[[], str] = lambda: "off") -> "AnswerCache":
+             watch_mode: Callable[[], str] = lambda: "off") -> "CatalogFront":
     server = Server(cfg, index, keyrings, watch_mode)
     app = bottle.Bottle(catchall=True)
     download, static = cfg["router.download"], cfg["router.static"]
 
-    # -- the catalog ------------------------------------------------------------
-
-    def nas_answer(get: Callable[[str], Optional[str]]) -> bottle.HTTPResponse:
-        _, catalog = server.catalog()
-        query = Query.from_params(get)
-        if cfg["debug-package"]:
-            body = catalog.answer(query, server.links(), debug_info(get))
-        else:
-            body = catalog.answer(query, server.links())
-            bottle.request.environ[REPLAYABLE] = True
-        return bottle.HTTPResponse(body, **{"Content-Type": JSON_TYPE})
+    # -- the catalog (CatalogFront answers most of these before bottle) -------------------
 
     @app.route("/", method=["GET", "POST"])
     def root() -> Any:
-        get = param_getter()
-        unique = get("unique") or ""
-        if any(get(p) is not None for p in NAS_PARAMS) or unique.startswith("synology"):
-            return nas_answer(get)
+        params = request_params(bottle.request.environ)
+        if is_nas_request(params.get):
+            return nas_response(server.nas_answer(bottle.request.environ, params))
         if "text/html" in bottle.request.headers.get("Accept", ""):
             from spklite import page  # imported on first use: only people need it
 
-            return page.render(server, get)
+            return page.render(server, params.get)
         return error(400, "this is a Synology package server: a catalog request needs the NAS "
                      "parameters arch and build (also read: major, minor, language, unique, "
                      "package_update_channel)", expected=["arch", "build", "major", "minor",
@@ -174,17 +211,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
     @app.get("/getList/v0/<major>/<minor>/<micro>/<build>/<nano>/<arch>/<channel>/<unique>/<language>")
     def get_list(**parts: str) -> Any:
         parts["package_update_channel"] = parts.pop("channel")
-        return nas_answer(parts.get)
-
-    def debug_info(get: Callable[[str], Optional[str]]) -> Dict[str, str]:
-        req = bottle.request
-        shown: Dict[str, str] = {}
-        for key in sorted(set(req.query.keys()) | set(_form_keys())):
-            shown[key] = "***" if key in MASKED_PARAMS else (get(key) or "")
-        for key, value in sorted(req.headers.items()):
-            shown["header " + key] = "***" if key.lower() in MASKED_HEADERS else value[:256]
-        shown["method"] = req.method
-        return shown
+        return nas_response(server.nas_answer(bottle.request.environ, parts))
 
     # -- files ------------------------------------------------------------------
 
@@ -260,19 +287,20 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         q = bottle.request.query
         latest = (q.getunicode("latest") or "").lower() in ("1", "true", "yes")
         return json_response(catalog.files(
-            server.links(), platform=q.getunicode("arch") or "", name=q.getunicode("name") or "",
-            latest=latest, language=(q.getunicode("language") or "").lower()))
+            server.links(bottle.request.environ), platform=q.getunicode("arch") or "",
+            name=q.getunicode("name") or "", latest=latest, language=(q.getunicode("language") or "").lower()))
 
     @api("/v1/packages/<name:path>")
     def package(name: str) -> Any:
         _, catalog = server.catalog()
         language = (bottle.request.query.getunicode("language") or "").lower()
-        if name.lower().endswith(".spk"):
-            offers = [o for o in catalog.offers if o.record.path == name]
+        links = server.links(bottle.request.environ)
+        if name.lower().endswith(".spk"):  # a file, as /v1/packages shows it
+            offers = [o for o in catalog.offers if file_text(o.record.path) == name]
             if not offers:
                 return error(404, f"no package file {name!r}")
-            return json_response(catalog.file_object(offers[0], server.links(), language))
-        found = [catalog.file_object(o, server.links(), language) for o in catalog.offers if o.package == name]
+            return json_response(catalog.file_object(offers[0], links, language))
+        found = [catalog.file_object(o, links, language) for o in catalog.offers if o.package == name]
         if not found:
             return error(404, f"no package {name!r}")
         return json_response(found)
@@ -284,80 +312,41 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
 
     @api("/v1/rejected")
     def rejected() -> Any:
-        return json_response([{"file": r.path, "reason": r.reason} for r in server.index.current.rejected.values()])
+        return json_response([{"file": file_text(r.path), "reason": r.reason}
+                              for r in server.index.current.rejected.values()])
 
     # -- errors: JSON, never a traceback --------------------------------------------
 
     for status in (400, 403, 404, 405, 413, 416, 500):
         app.error(status)(lambda err, status=status: json_error_page(err, status))
-    return AnswerCache(app, index)
+    return CatalogFront(app, server)
 
 
-class AnswerCache:
-    """WSGI front: replays finished NAS answers for byte-identical requests.
+class CatalogFront:
+    """WSGI front: a NAS's catalog request is answered here, without bottle's request parsing and routing.
 
-    Dozens of NAS boxes ask the same few questions; a replay skips request
-    parsing and routing entirely. Entries are kept for one index state only.
-    The key holds everything the answer depends on: method, query, form body,
-    Host and scheme (after waitress applied a trusted proxy's headers).
+    Dozens of NAS boxes ask the same few questions; the answer comes from the catalog's memo, whose key is
+    made of the parsed inputs the answer depends on (Query and Links), bounded in bytes. Anything else, and
+    a HEAD, goes to bottle, whose "/" route gives the same answer through the same Server.nas_answer.
     """
 
-    MAX_ENTRIES = 1024
-    MAX_BODY = 8192  # a NAS form body is ~200 bytes
-
-    def __init__(self, app: bottle.Bottle, index: Index):
+    def __init__(self, app: bottle.Bottle, server: Server):
         self.app = app
-        self.index = index
-        self.version = -1
-        self.answers: Dict[tuple, Tuple[str, List[Tuple[str, str]], bytes]] = {}
+        self.server = server
 
     def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO") != "/":
-            return self.app(environ, start_response)
-        key = self._key(environ)
-        if key is None:
-            return self.app(environ, start_response)
-        version = self.index.current.version
-        if version != self.version:
-            self.answers, self.version = {}, version
-        answer = self.answers.get(key)
-        if answer is not None:
-            start_response(answer[0], answer[1])
-            return [answer[2]]
-        captured: List[Any] = []
+        if environ.get("PATH_INFO") == "/" and environ.get("REQUEST_METHOD") in ("GET", "POST"):
+            params = request_params(environ)
+            if is_nas_request(params.get):
+                body = self.server.nas_answer(environ, params)
+                start_response("200 OK", [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
+                                          ("Access-Control-Allow-Origin", "*")])
+                return [body]
+        return self.app(environ, start_response)
 
-        def capture(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
-            captured[:] = [status, headers]
-            return start_response(status, headers, exc_info)
 
-        result = self.app(environ, capture)
-        try:
-            body = b"".join(result)
-        finally:
-            if hasattr(result, "close"):
-                result.close()
-        if environ.get(REPLAYABLE) and captured:
-            if len(self.answers) >= self.MAX_ENTRIES:
-                self.answers = {}  # simple bound: distinct questions are few
-            self.answers[key] = (captured[0], captured[1], body)
-        return [body]
-
-    def _key(self, environ: Dict[str, Any]) -> Optional[tuple]:
-        method = environ.get("REQUEST_METHOD")
-        body = b""
-        if method == "POST":
-            try:
-                length = int(environ.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                return None
-            if not 0 <= length <= self.MAX_BODY:
-                return None
-            body = environ["wsgi.input"].read(length)
-            environ["wsgi.input"] = io.BytesIO(body)  # bottle reads it again on a miss
-        elif method != "GET":
-            return None
-        return (method, environ.get("QUERY_STRING", ""), body, environ.get("CONTENT_TYPE", ""),
-                environ.get("HTTP_HOST", ""), environ.get("wsgi.url_scheme", ""))
+def nas_response(body: bytes) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(body, **{"Content-Type": JSON_TYPE})
 
 
 def json_error_page(err: bottle.HTTPError, status: int) -> bytes:
@@ -366,10 +355,3 @@ def json_error_page(err: bottle.HTTPError, status: int) -> bytes:
     bottle.response.content_type = JSON_TYPE
     message = err.body if isinstance(err.body, str) and status != 500 else bottle.HTTP_CODES.get(status, "error")
     return encode({"error": message})
-
-
-def _form_keys() -> List[str]:
-    try:
-        return list(bottle.request.forms.keys())
-    except bottle.HTTPError:
-        return []

@@ -7,7 +7,9 @@ computed once per index state (`Offer`); answers are memoised per request key.
 from __future__ import annotations
 
 import json
+import os
 import threading
+from bisect import bisect_right
 from collections import OrderedDict, namedtuple
 from functools import lru_cache
 from urllib.parse import quote
@@ -140,10 +142,16 @@ class Links(namedtuple("Links", "base download static default_icon")):
     default_icon: str  # blob name of the bundled default icon
 
     def file(self, path: str) -> str:
-        return f"{self.base}{self.download}/{quote(path, safe='/')}"
+        # The name's bytes, percent-encoded: a name that is not UTF-8 (or holds CR/LF) still has a URL.
+        return f"{self.base}{self.download}/{quote(os.fsencode(path), safe='/')}"
 
     def blob(self, name: str) -> str:
         return f"{self.base}{self.static}/{quote(name)}"
+
+
+def file_text(path: str) -> str:
+    """A file's relative path as text to show: bytes that are not UTF-8 (os.walk's lone surrogates) as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 class Catalog:
@@ -164,6 +172,13 @@ class Catalog:
         }
         self.with_md5 = bool(settings.get("md5", True))
         self.uses_models = any(o.models or o.exclude_models for o in self.offers)
+        # What the answer's key is made of (see answer): the builds where some answer changes, the languages
+        # some INFO has texts in.
+        self.build_steps = sorted({synology.DSM7_BUILD, synology.DICT_SHAPE_BUILD}
+                                  | {o.min_build for o in self.offers}
+                                  | {o.max_build + 1 for o in self.offers if o.max_build is not None})
+        self.languages = {key.partition("_")[2] for o in self.offers for key in o.record.package.info
+                          if key.startswith(("displayname_", "description_"))}
         self._memo: "OrderedDict[tuple, bytes]" = OrderedDict()
         self._memo_bytes = 0
         self._memo_lock = threading.Lock()
@@ -174,8 +189,17 @@ class Catalog:
         """The JSON body for a catalog request, memoised per (query, links)."""
         if debug is not None:
             return self._render(query, links, debug)
-        # `unique` only matters when some package names models: leave it out of the key otherwise.
-        key = (query if self.uses_models else query._replace(unique=""), links)
+        # The key holds only what changes the answer, so that distinct but equivalent questions (any build
+        # between two steps, a language no package has texts in, `unique` when no package names models)
+        # share one entry.
+        key = (
+            None if query.build is None else bisect_right(self.build_steps, query.build),
+            query.platform,
+            query.language if query.language in self.languages else "",
+            query.beta_channel,
+            query.unique if self.uses_models else "",
+            links,
+        )
         body = self._memo.get(key)
         if body is None:
             body = self._render(query, links, None)
@@ -282,7 +306,7 @@ class Catalog:
         info = offer.record.package.info
         obj = self.entry(offer, language, links, dsm7=True)
         obj.update(
-            file=offer.record.path,
+            file=file_text(offer.record.path),
             arch=info.get("arch", ""),
             os_min_ver=info.get("os_min_ver") or info.get("firmware") or "",
             os_max_ver=info.get("os_max_ver", ""),

@@ -19,7 +19,7 @@ import bottle
 
 from spklite import __version__, synology
 from spklite.app import asset
-from spklite.catalog import Query, newest_per_package
+from spklite.catalog import Query, file_text, newest_per_package
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -169,14 +169,14 @@ def item(obj: Mapping[str, Any], offer: Any) -> Dict[str, Any]:
         "dsm": dsm_range(info),
         "arch": info.get("arch", ""),
         "beta": offer.beta,
-        "file": offer.record.path,
+        "file": file_text(offer.record.path),
         "warnings": offer.record.package.warnings,
     }
 
 
 def render(server: Any, get: Get) -> str:
     state, catalog = server.catalog()
-    links = server.links()
+    links = server.links(bottle.request.environ)
     choice, messages = pick(server.models, get)
     view = (get("view") or "").strip()
     if view not in ("", "files"):
@@ -195,10 +195,10 @@ def render(server: Any, get: Get) -> str:
         css=_asset("style.css"),
         version=__version__,
         location=links.base.rstrip("/") + "/",
-        folder=server.cfg["filesystem.packages"],
+        folder=file_text(server.cfg["filesystem.packages"]),
         watching=server.watch_mode() != "off",
         total=len(state.records),
-        rejected=sorted(state.rejected.values(), key=lambda r: r.path),
+        rejected=[r._replace(path=file_text(r.path)) for r in sorted(state.rejected.values(), key=lambda r: r.path)],
         models=server.models,
         platforms=PLATFORMS,
         families=synology.PLATFORM_FAMILY,

@@ -400,3 +400,21 @@ def test_non_ascii_digits_and_huge_numbers_match_less_never_fail(packages, make_
         assert app.get("/?" + query).json == {"packages": []}
     names = [p for p, _ in packages_of(app.get("/", dict(DSM62, arch="x86_64")).json)]
     assert names == ["huge", "ok", "sup"]  # a minimum that cannot be read counts as none
+
+
+def test_memoised_answers_equal_fresh_ones_for_any_profile(mixed, make_client):
+    """The memo's key drops what does not change an answer (builds between two steps, languages without
+    texts): every answer from one busy catalog equals a fresh catalog's answer to that single question."""
+    import random
+
+    busy, _ = make_client()
+    rng = random.Random(7)
+    edges = [1, 5003, 5004, 5644, 15046, 15047, 25556, 39999, 40000, 41890, 41891, 64570, 99999]
+    for _ in range(150):
+        params = {"arch": rng.choice(["apollolake", "armada38x", "x86_64", "armv8", "nonsense", ""]),
+                  "build": str(rng.choice(edges) + rng.choice([-1, 0, 0, 1])),
+                  "language": rng.choice(["enu", "fre", "ger", "xyz", ""]),
+                  "unique": rng.choice(["synology_apollolake_918+", "synology_geminilake_920+", ""]),
+                  "package_update_channel": rng.choice(["beta", "stable"])}
+        fresh, _ = make_client()
+        assert busy.get("/", params).body == fresh.get("/", params).body, params
