@@ -122,7 +122,8 @@ class Query(namedtuple("Query", "build platform language beta_channel unique")):
             platform=synology.normalize_platform(get("arch") or ""),
             language=(get("language") or "").strip().lower(),
             beta_channel=(get("package_update_channel") or "").strip().lower() == "beta",
-            unique=(get("unique") or "").strip().lower(),
+            # DSM sends `synology_x86_411+II` with a raw `+`, which form decoding makes a space (SPEC 1.4).
+            unique=(get("unique") or "").replace(" ", "+").strip().lower(),
         )
 
 

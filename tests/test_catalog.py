@@ -96,6 +96,19 @@ def test_dsm7_model_must_match_unique(mixed, make_client):
     assert "modelpkg" not in names and "exmodel" in names
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_raw_plus_in_unique_is_a_plus(mixed, make_client, method):
+    """DSM sends `unique=synology_apollolake_918+` unencoded: form decoding makes the `+` a space."""
+    app, _ = make_client()
+    query = "arch=apollolake&build=64570&major=7&minor=2&language=enu&unique=synology_apollolake_918+"
+    if method == "GET":
+        res = app.get("/?" + query)
+    else:
+        res = app.post("/", query, content_type="application/x-www-form-urlencoded")
+    names = [p for p, _ in packages_of(res.json)]
+    assert "modelpkg" in names and "exmodel" not in names
+
+
 def test_88f6282_is_treated_as_88f6281(packages, make_client):
     build_spk(packages / "a.spk", {"package": "a", "arch": "88f6281", "os_min_ver": "5.0-4458"})
     build_spk(packages / "f.spk", {"package": "f", "arch": "armv5", "os_min_ver": "5.0-4458"})
