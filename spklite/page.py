@@ -11,9 +11,11 @@ NAS's (arch, build, unique): a browser submitting it still gets this page.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections import namedtuple
 from functools import lru_cache
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import bottle
 
@@ -27,10 +29,8 @@ if TYPE_CHECKING:
 
     Get = Callable[[str], Optional[str]]
 
-# ("7.2.2", 72806), ("7.2", 63134), ... newest first.
-DSM_OPTIONS: Tuple[Tuple[str, int], ...] = tuple(
-    (f"{ma}.{mi}.{mc}" if mc else f"{ma}.{mi}", build) for (ma, mi, mc), build in reversed(synology.DSM_BUILDS)
-)
+# ("7.3", 86009), ("7.2", 72806), ... newest first: each release with its newest known build.
+DSM_OPTIONS: Tuple[Tuple[str, int], ...] = tuple((f"{ma}.{mi}", build) for (ma, mi), build in synology.NEWEST_BUILDS)
 PLATFORMS = tuple(sorted(set(synology.PLATFORM_FAMILY) | synology.PLATFORMS_WITHOUT_FAMILY))
 CHANNELS = ("stable", "beta")
 
@@ -118,6 +118,7 @@ def pick(models: List[Dict[str, Any]], get: Get) -> Tuple[Optional[Choice], List
         else:
             messages.append(f"Unknown platform “{platform}”: pick one from the list.")
     builds = dict(DSM_OPTIONS)
+    dsm = ".".join(dsm.split(".")[:2])  # "7.2.2" (older links) is release 7.2
     if dsm and dsm not in builds:
         messages.append(f"Unknown DSM version “{dsm}”: pick one from the list.")
         title = ""
@@ -174,6 +175,43 @@ def item(obj: Mapping[str, Any], offer: Any) -> Dict[str, Any]:
     }
 
 
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.x and ::1: addresses a NAS cannot reach this machine by."""
+    if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def lan_addresses() -> List[str]:
+    """This machine's IPv4 addresses on its network interfaces (no loopback, no link-local), Linux only."""
+    import fcntl
+    import struct
+
+    found: List[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            try:  # SIOCGIFADDR: the interface's IPv4 address, asked of the kernel (no traffic)
+                packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            address = ipaddress.ip_address(packed[20:24])
+            if not (address.is_loopback or address.is_link_local) and str(address) not in found:
+                found.append(str(address))
+    return found
+
+
+def reachable_locations(location: str) -> List[str]:
+    """When `location` names this machine by a loopback address, the Locations a NAS could use instead."""
+    parts = urlsplit(location)
+    if not is_loopback(parts.hostname or ""):
+        return []
+    port = f":{parts.port}" if parts.port else ""
+    return [f"{parts.scheme}://{address}{port}/" for address in lan_addresses()]
+
+
 def render(server: Any, get: Get) -> str:
     state, catalog = server.catalog()
     links = server.links(bottle.request.environ)
@@ -191,10 +229,14 @@ def render(server: Any, get: Get) -> str:
     else:  # every file, or (nothing picked yet) the newest version of every package, whatever NAS it is for
         offers = catalog.offers if view == "files" else newest_per_package((o, 1) for o in catalog.offers)
         items = [item(catalog.file_object(o, links), o) for o in offers]
+    location = links.base.rstrip("/") + "/"
     return _template().render(
         css=_asset("style.css"),
         version=__version__,
-        location=links.base.rstrip("/") + "/",
+        location=location,
+        loopback=is_loopback(urlsplit(location).hostname or ""),
+        reachable=reachable_locations(location),
+        listen_host=server.cfg["host"] if is_loopback(server.cfg["host"]) else "",
         folder=file_text(server.cfg["filesystem.packages"]),
         watching=server.watch_mode() != "off",
         total=len(state.records),

@@ -54,6 +54,15 @@ DSM_BUILDS = (
     ((7, 2, 2), 72806), ((7, 3, 0), 86009),
 )
 
+# (major, minor) -> the newest build known of that release, from data/dsm_firmware_builds.tsv: a release a
+# person picks (the page) means its latest update, so every package labelled "DSM 7.2+" shows under 7.2.
+NEWEST_BUILDS = (
+    ((7, 3), 86009), ((7, 2), 72806), ((7, 1), 42962), ((7, 0), 42218), ((6, 2), 25556), ((6, 1), 15284),
+    ((6, 0), 8451), ((5, 2), 5644), ((5, 1), 5022), ((5, 0), 4458), ((4, 3), 3776), ((4, 2), 3248),
+    ((4, 1), 2636), ((4, 0), 2198), ((3, 2), 1922), ((3, 1), 1594), ((3, 0), 1593), ((2, 3), 1139),
+    ((2, 2), 942), ((2, 1), 844), ((2, 0), 731),
+)
+
 LANGUAGES = (
     "enu cht chs krn ger fre ita spn jpn dan nor sve nld rus plk ptb ptg hun trk csy".split()
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from html.parser import HTMLParser
 from typing import Any, Dict, List, Tuple
 from urllib.parse import urlencode
@@ -111,7 +112,7 @@ def test_model_page_lists_what_that_nas_gets(shelf, channel):
     expected = nas(
         app,
         arch="apollolake",
-        build="63134",
+        build="72806",  # 7.2 picked: its newest build
         major="7",
         minor="2",
         package_update_channel=channel,
@@ -124,8 +125,9 @@ def test_model_page_lists_what_that_nas_gets(shelf, channel):
     assert shown == [
         ("apollo", "1.0-1", expected[0]["link"]),
         ("everywhere", "1.0-1", expected[1]["link"]),
-        ("only918", "1.0-1", expected[2]["link"]),
-        ("tool", tool, expected[3]["link"]),
+        ("future", "1.0-1", expected[2]["link"]),
+        ("only918", "1.0-1", expected[3]["link"]),
+        ("tool", tool, expected[4]["link"]),
     ]
 
 
@@ -188,6 +190,27 @@ def test_location_and_how_to(make_client):
     app, _ = make_client(hostname="nas.example.com", scheme="https")
     _, p = page(app, extra_environ={"HTTP_HOST": "pi.lan:5080"})
     assert p.location == "https://nas.example.com/"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:5080", "localhost:5080", "[::1]:5080"])
+def test_a_loopback_location_is_flagged_with_addresses_a_nas_can_use(make_client, host):
+    from spklite.page import lan_addresses
+
+    app, _ = make_client()
+    res, p = page(app, extra_environ={"HTTP_HOST": host})
+    assert p.location == f"http://{host}/"
+    assert "a NAS\ncannot reach it" in res.text
+    shown = re.findall(r'<code class="reachable">([^<]*)</code>', res.text)
+    assert shown == [f"http://{address}:5080/" for address in lan_addresses()]
+    assert all(not url.startswith(("http://127.", "http://[::1]")) for url in shown)
+    if not shown:
+        assert "set <code>--hostname</code>" in res.text
+    assert "listens on" not in res.text  # the default host, 0.0.0.0, is reachable
+    listening_here, _ = make_client(host="127.0.0.1")
+    assert "listens on 127.0.0.1 only" in page(listening_here, extra_environ={"HTTP_HOST": host})[0].text
+    named, _ = make_client(hostname="nas.lan")
+    for app_, environ in ((app, {"HTTP_HOST": "pi.lan:5080"}), (named, {"HTTP_HOST": host})):
+        assert "cannot reach it" not in page(app_, extra_environ=environ)[0].text
 
 
 def test_form_uses_names_a_nas_does_not_send(shelf):
@@ -302,7 +325,19 @@ def test_model_overrides_a_conflicting_platform(shelf):
 def test_post_from_a_browser_gets_the_page(shelf):
     app = shelf
     res = app.post("/", {"model": "DS918+", "dsm": "7.2", "channel": "stable"}, headers=HTML)
-    assert [i["package"] for i in Page(res.text).items] == ["apollo", "everywhere", "only918", "tool"]
+    assert [i["package"] for i in Page(res.text).items] == ["apollo", "everywhere", "future", "only918", "tool"]
+
+
+@pytest.mark.parametrize("dsm, min_ver, label", [("7.2", "7.2-64570", "DSM 7.2+"), ("6.2", "6.2.4-25556", "DSM 6.2+"),
+                                                 ("7.2.2", "7.2-72806", "DSM 7.2+")])
+def test_a_picked_release_shows_the_packages_labelled_for_it(make_client, packages, dsm, min_ver, label):
+    """A release picked on the page means its newest build: a package the page labels "DSM 7.2+" shows
+    under 7.2 (7.2 meant 7.2's first build, which hid packages made for its updates)."""
+    build_spk(packages / "update.spk", {"package": "update", "os_min_ver": min_ver})
+    app, _ = make_client()
+    res, p = page(app, urlencode({"model": "DS918+", "dsm": dsm, "channel": "stable"}))
+    assert [i["package"] for i in p.items] == ["update"]
+    assert label in res.text
 
 
 def test_model_alone_means_the_newest_dsm_stable(shelf):

@@ -17,6 +17,22 @@
 <section class="card add">
 <h2>Add this server to your NAS</h2>
 <p class="location" title="Location for Package Center">{{location}}</p>
+% if loopback:
+<p class="msg unreachable" role="alert">This page was opened through {{location}}, an address only this machine answers on: a NAS
+cannot reach it.
+% if reachable:
+Use this machine's network address instead:
+% for url in reachable:
+<code class="reachable">{{url}}</code>
+% end
+% else:
+Open the page through this machine's network name or address, or set <code>--hostname</code>.
+% end
+% if listen_host:
+spklite also listens on {{listen_host}} only: start it with <code>--host 0.0.0.0</code> for a NAS to connect.
+% end
+</p>
+% end
 <ol>
 <li>Package Center → <b>Settings</b> → <b>Package Sources</b> → <b>Add</b>: any name, and the Location above.</li>
 <li>DSM 6 only: Package Center → <b>Settings</b> → <b>General</b> → <b>Trust Level</b> → <b>Any publisher</b>.</li>
