@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make run` needs only the runtime dependencies: its own venv, without the test tools.
+RUN_VENV ?= .venv-run
+RUN_STAMP := $(RUN_VENV)/.installed
+ARGS ?=
 
 .PHONY: run test lint bench stress pyz spk clean
 
@@ -12,8 +16,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/spklite
+$(RUN_STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/pip install -q --upgrade pip
+	$(RUN_VENV)/bin/pip install -q .
+	touch $(RUN_STAMP)
+
+# From the checkout (python -m finds ./spklite first), so an edit needs no reinstall: make run ARGS="--port 8081"
+run: $(RUN_STAMP)
+	$(RUN_VENV)/bin/python -m spklite $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not stress"
@@ -23,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/mypy spklite
 
 clean:
-	rm -rf $(VENV) dist build *.egg-info
+	rm -rf $(VENV) $(RUN_VENV) dist build *.egg-info
 
 pyz: $(STAMP)
 	$(BIN)/python tools/build_pyz.py -o dist/spklite.pyz

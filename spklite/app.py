@@ -38,6 +38,8 @@ PLAUSIBLE_HOST = re.compile(r"^(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?(
                             r"|^\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?$")
 MAX_HOST = 261  # 253 for the name, 6 for ":65535", brackets
 MASKED_PARAMS = frozenset(("ds_sn",))
+ERROR_PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>{status} · spklite</title>
+<p>{status}: {message}</p><p><a href="/">The package list</a></p></html>"""
 MAX_FORM_BODY = 64 << 10  # a NAS form body is ~200 bytes; a larger one counts for nothing
 MASKED_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization", "x-api-key"))
 
@@ -350,8 +352,12 @@ def nas_response(body: bytes) -> bottle.HTTPResponse:
 
 
 def json_error_page(err: bottle.HTTPError, status: int) -> bytes:
+    """JSON for programs; a short page for a browser (an unknown path typed in the address bar)."""
     if status == 500:
         log.error("internal error: %s\n%s", err.exception, err.traceback)
-    bottle.response.content_type = JSON_TYPE
     message = err.body if isinstance(err.body, str) and status != 500 else bottle.HTTP_CODES.get(status, "error")
+    if "text/html" in bottle.request.headers.get("Accept", ""):
+        bottle.response.content_type = "text/html; charset=utf-8"
+        return ERROR_PAGE.format(status=status, message=bottle.html_escape(message)).encode()
+    bottle.response.content_type = JSON_TYPE
     return encode({"error": message})

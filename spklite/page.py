@@ -70,21 +70,24 @@ class Choice(namedtuple("Choice", "title platform dsm build channel unique")):
         return params
 
 
-def unique_of(model: Mapping[str, Any]) -> str:
+def unique_of(name: str, platform: str) -> str:
     """The `unique` a model sends: synoinfo.conf drops the "DS" prefix
     (DS918+ -> synology_apollolake_918+) but keeps others (rs3617xs)."""
-    name = str(model["model"]).lower().replace(" ", "")
+    name = name.lower().replace(" ", "")
     if name.startswith("ds"):
         name = name[2:]
-    return f"synology_{model['platform']}_{name}"
+    return f"synology_{platform}_{name}"
 
 
-def find_model(models: List[Dict[str, Any]], typed: str) -> Optional[Dict[str, Any]]:
+def find_model(models: List[Dict[str, Any]], typed: str) -> Optional[Tuple[Dict[str, Any], str]]:
+    """The model a person typed, and its name as typed: "RS2418RP+" is one of "RS2418+/RS2418RP+"."""
     wanted = typed.lower().replace(" ", "")
     for candidate in (wanted, "ds" + wanted):
         for model in models:
-            if str(model["model"]).lower().replace(" ", "") == candidate:
-                return model
+            names = str(model["model"]).split("/")
+            for name in (*names, str(model["model"])):
+                if name.lower().replace(" ", "") == candidate:
+                    return model, name if name in names else names[0]
     return None
 
 
@@ -100,18 +103,19 @@ def pick(models: List[Dict[str, Any]], get: Get) -> Tuple[Optional[Choice], List
     title = ""
     unique = ""
     if model_text:
-        model = find_model(models, model_text)
-        if model is None:
+        found = find_model(models, model_text)
+        if found is None:
             messages.append(f"Unknown NAS model “{model_text}”: pick one from the list, or choose a platform.")
         else:
+            model, name = found
             if platform and platform != synology.normalize_platform(str(model["platform"])):
                 messages.append(
                     f"{model['model']} is a {model['platform']} NAS: the platform choice "
                     f"{platform} was ignored (clear the model to pick a platform)."
                 )
             platform = synology.normalize_platform(str(model["platform"]))
-            title = f"{model['model']} ({platform})"
-            unique = unique_of(model)
+            title = f"{name} ({platform})"
+            unique = unique_of(name, str(model["platform"]))
     if not title and platform:
         if platform in PLATFORMS:
             title = f"platform {platform}"

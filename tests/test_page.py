@@ -7,7 +7,7 @@ import json
 import re
 from html.parser import HTMLParser
 from typing import Any, Dict, List, Tuple
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 import webtest
@@ -338,6 +338,22 @@ def test_a_picked_release_shows_the_packages_labelled_for_it(make_client, packag
     res, p = page(app, urlencode({"model": "DS918+", "dsm": dsm, "channel": "stable"}))
     assert [i["package"] for i in p.items] == ["update"]
     assert label in res.text
+
+
+@pytest.mark.parametrize("typed, title, unique", [
+    ("RS2418RP+", "RS2418RP+ (denverton)", "synology_denverton_rs2418rp+"),
+    ("rs2418+", "RS2418+ (denverton)", "synology_denverton_rs2418+"),
+    ("RS2418+/RS2418RP+", "RS2418+ (denverton)", "synology_denverton_rs2418+"),
+    ("DS918+", "DS918+ (apollolake)", "synology_apollolake_918+"),
+])
+def test_each_name_of_a_model_works_alone(make_client, typed, title, unique):
+    """The reference table names rack models in pairs ("RS2418+/RS2418RP+"): each name is a model."""
+    app, _ = make_client()
+    res, p = page(app, urlencode({"model": typed}))
+    assert not p.messages and title in res.text
+    assert "unique=" + quote(unique, safe="") in res.text  # the catalog request the page makes
+    options = re.findall(r'<option value="([^"]*)">denverton', res.text)
+    assert "RS2418RP+" in options and "RS2418+" in options and not any("/" in o for o in options)
 
 
 def test_model_alone_means_the_newest_dsm_stable(shelf):

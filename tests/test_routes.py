@@ -188,6 +188,13 @@ def test_unknown_routes_and_methods_are_json(make_client):
     assert "Traceback" not in res.text
 
 
+def test_a_browser_gets_a_page_for_an_unknown_path(make_client):
+    app, _ = make_client()
+    res = app.get("/nope<b>", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}, status=404)
+    assert res.content_type == "text/html"
+    assert "404" in res.text and "<b>" not in res.text and 'href="/"' in res.text
+
+
 def test_operator_models_file_and_a_foreign_one(make_client, tmp_path):
     mine = tmp_path / "mine.yml"
     mine.write_text("- {model: DS-HOME, platform: apollolake, family: x86_64}\n")

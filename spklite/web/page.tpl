@@ -45,7 +45,9 @@ spklite also listens on {{listen_host}} only: start it with <code>--host 0.0.0.0
 </label>
 <datalist id="models">
 % for m in models:
-<option value="{{m['model']}}">{{m['platform']}}</option>
+% for name in str(m['model']).split('/'):
+<option value="{{name}}">{{m['platform']}}</option>
+% end
 % end
 </datalist>
 <label>or platform
