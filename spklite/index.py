@@ -153,6 +153,7 @@ class Index:
         self.cache_error: Optional[str] = None
         # Candidate files that are symlinks -> their targets' real paths: a target can change where no watch on
         # the packages folder sees it (the watcher watches these too). Replaced as a whole, like `current`.
+        # (A symlink on the way to a target replaced elsewhere is seen by a download's refresh, not here.)
         self.links: Mapping[str, str] = {}
         self._unreadable: Set[str] = set()  # folders already reported
         self._lock = threading.RLock()
@@ -278,7 +279,8 @@ class Index:
             paths = [rel for rel, _ in found]
             records: Dict[str, Record] = {}
             rejected: Dict[str, Rejected] = {}
-            self._set_links({rel: self._target(rel) for rel, link in found if link})
+            # a symlink is never changed, only replaced (an event, an update): known targets are kept
+            self._set_links({rel: self.links.get(rel) or self._target(rel) for rel, link in found if link})
             for n, rel in enumerate(paths, 1):
                 self._sort_into(rel, self.examine(rel, previous), records, rejected)
                 if progress is not None and (n % 50 == 0 or n == len(paths)):
