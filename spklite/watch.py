@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 
@@ -234,8 +235,8 @@ class Inotify(_Thread):
                 if event.mask & f.ISDIR or self._is_folder_link(event, full):
                     self._folder_event(event, rel, changed)
                     continue
-                made_link = event.mask & f.CREATE and is_candidate_name(event.name) and os.path.islink(full)
-                if event.mask & self.changes or made_link:  # a symlink is complete when made: no CLOSE_WRITE
+                made_whole = event.mask & f.CREATE and is_candidate_name(event.name) and made_by_linking(full)
+                if event.mask & self.changes or made_whole:
                     changed.add(rel)
                     if event.mask & f.CLOSE_WRITE:
                         written.add(rel)
@@ -290,6 +291,15 @@ class Inotify(_Thread):
                 log.info("watching %s again", printable(self.index.root))
             self.watch_all()
             self._rescan()
+
+
+def made_by_linking(full: str) -> bool:
+    """A symlink, or a hard link to a file already there: whole when made, never written (no CLOSE_WRITE)."""
+    try:
+        st = os.lstat(full)
+    except OSError:
+        return False
+    return stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1)
 
 
 # inotify sees only changes made through this machine's kernel: not on these.

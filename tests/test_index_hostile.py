@@ -173,12 +173,15 @@ def test_a_replaced_symlink_target_is_seen(run_server, tmp_path, packages, stagi
     assert wait_for(lambda: versions(server).get("a.spk") == "4.0-1", 10)
 
 
-def test_a_symlink_made_while_running_is_seen(run_server, tmp_path, packages):
+def test_links_made_while_running_are_seen(run_server, tmp_path, packages):
+    """A symlink or a hard link is whole when made: inotify says CREATE, never CLOSE_WRITE."""
     build_spk(tmp_path / "b.spk", {"package": "b"})
+    build_spk(tmp_path / "c.spk", {"package": "c"})
     server = run_server("--packages", str(packages), "--watch", "inotify", "--follow-symlinks")
     assert versions(server) == {}
-    os.symlink(tmp_path / "b.spk", packages / "b.spk")  # a symlink is made (CREATE), never written
-    assert wait_for(lambda: versions(server) == {"b.spk": "1.0-1"}, 10)
+    os.symlink(tmp_path / "b.spk", packages / "b.spk")
+    os.link(tmp_path / "c.spk", packages / "c.spk")
+    assert wait_for(lambda: versions(server) == {"b.spk": "1.0-1", "c.spk": "1.0-1"}, 10)
 
 
 # -- item 13: same-size rebuilds with pinned times -----------------------------------------------------------------
