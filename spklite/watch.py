@@ -94,7 +94,7 @@ class Inotify(_Thread):
 
         self.flags = inotify_simple.flags
         self.inotify = inotify_simple.INotify()
-        # what makes a file worth a look (CREATE alone only for symlinks: a new file is read once closed)
+        # what makes a file worth a look (CREATE alone only for links: a new file is read once closed)
         self.changes = (self.flags.CLOSE_WRITE | self.flags.ATTRIB | self.flags.MOVED_TO | self.flags.MOVED_FROM
                         | self.flags.DELETE)
         self.file_mask = (self.changes | self.flags.CREATE | self.flags.DELETE_SELF | self.flags.MOVE_SELF
@@ -211,6 +211,7 @@ class Inotify(_Thread):
         written: Set[str] = set()  # closed after writing: read again even when the signature looks unchanged
         rescan = False
         linked = self._links_by_target()
+        target_names = {os.path.basename(target) for target in linked}  # realpath only for these names
         for event in events:
             if event.mask & f.Q_OVERFLOW:
                 log.warning("inotify queue overflow: re-scanning")
@@ -244,7 +245,7 @@ class Inotify(_Thread):
                 full = os.path.join(targets, event.name)
             else:
                 continue
-            if linked and event.mask & (self.changes | f.CREATE):
+            if event.name in target_names and event.mask & (self.changes | f.CREATE):
                 for rel in linked.get(os.path.realpath(full), ()):
                     changed.add(rel)
                     if event.mask & f.CLOSE_WRITE:
