@@ -22,19 +22,30 @@ from spklite import __version__, spk
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
-    from typing import IO, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+    from typing import IO, Any, Container, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
-    Signature = Tuple[int, int, int]  # size, mtime_ns, inode
+    Signature = Tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_SCHEMA = 2
+SNAPSHOT_SCHEMA = 3  # 3: signatures hold ctime_ns
 SNAPSHOT_NAME = "index.jsonl"
 BLOB_DIR = "blobs"
 TEMP_PREFIX = ".tmp-"  # atomic_write's temp files; a crash may leave some behind
 
 
-class Record(namedtuple("Record", "path size mtime_ns inode package md5", defaults=(None,))):
+SIGNATURE_FIELDS = ("size", "mtime_ns", "inode", "ctime_ns")
+
+
+def signature_to_json(signature: Signature) -> Dict[str, int]:
+    return dict(zip(SIGNATURE_FIELDS, signature))
+
+
+def signature_from_json(data: Mapping[str, Any]) -> Signature:
+    return (int(data["size"]), int(data["mtime_ns"]), int(data["inode"]), int(data["ctime_ns"]))
+
+
+class Record(namedtuple("Record", "path size mtime_ns inode ctime_ns package md5", defaults=(None,))):
     """One valid package file."""
 
     __slots__ = ()
@@ -42,19 +53,18 @@ class Record(namedtuple("Record", "path size mtime_ns inode package md5", defaul
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int  # a same-size rewrite with its mtime put back (cp -p, rsync -t --inplace) still changes it
     package: spk.Package
     md5: Optional[str]
 
     @property
     def signature(self) -> Signature:
-        return (self.size, self.mtime_ns, self.inode)
+        return (self.size, self.mtime_ns, self.inode, self.ctime_ns)
 
     def to_json(self, texts: Dict[str, int]) -> Dict[str, Any]:
         return {
             "path": self.path,
-            "size": self.size,
-            "mtime_ns": self.mtime_ns,
-            "inode": self.inode,
+            **signature_to_json(self.signature),
             "md5": self.md5,
             "package": self.package.to_json(texts),
         }
@@ -66,7 +76,7 @@ class Record(namedtuple("Record", "path size mtime_ns inode package md5", defaul
         if type(path) is not str or (md5 is not None and type(md5) is not str):
             raise ValueError("not a package record: path or md5 is not text")
         package = spk.Package.from_json(data["package"], texts)
-        return cls(path, int(data["size"]), int(data["mtime_ns"]), int(data["inode"]), package, md5)
+        return cls(path, *signature_from_json(data), package, md5)
 
 
 class Rejected(namedtuple("Rejected", "path reason signature")):
@@ -78,15 +88,14 @@ class Rejected(namedtuple("Rejected", "path reason signature")):
     signature: Signature
 
     def to_json(self) -> Dict[str, Any]:
-        size, mtime_ns, inode = self.signature
-        return {"path": self.path, "reason": self.reason, "size": size, "mtime_ns": mtime_ns, "inode": inode}
+        return {"path": self.path, "reason": self.reason, **signature_to_json(self.signature)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Rejected":
         path, reason = data["path"], data["reason"]
         if type(path) is not str or type(reason) is not str:
             raise ValueError("not a rejected file: path or reason is not text")
-        return cls(path, reason, (int(data["size"]), int(data["mtime_ns"]), int(data["inode"])))
+        return cls(path, reason, signature_from_json(data))
 
 
 class State(namedtuple("State", "version records rejected")):
@@ -104,7 +113,22 @@ def is_candidate_name(name: str) -> bool:
 
 
 def signature_of(st: os.stat_result) -> Signature:
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+    """What tells one version of a file from another without reading it (the one definition)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def printable(path: str) -> str:
+    """A path as one line of plain text (output, logs): bytes that were not UTF-8 (os.fsdecode made them lone
+    surrogates) as \\xNN, control characters escaped. Never raises."""
+    return path if path.isprintable() else "".join(_escaped(c) for c in path)
+
+
+def _escaped(c: str) -> str:
+    if c.isprintable():
+        return c
+    if "\udc80" <= c <= "\udcff":
+        return "\\x%02x" % (ord(c) - 0xDC00)
+    return c.encode("unicode_escape").decode("ascii")
 
 
 class Index:
@@ -127,37 +151,79 @@ class Index:
         self.current = State(0, {}, {})
         self.stats = {"from_snapshot": 0, "parsed": 0}
         self.cache_error: Optional[str] = None
+        # Candidate files that are symlinks -> their targets' real paths: a target can change where no watch on
+        # the packages folder sees it (the watcher watches these too). Replaced as a whole, like `current`.
+        # (A symlink on the way to a target replaced elsewhere is seen by a download's refresh, not here.)
+        self.links: Mapping[str, str] = {}
+        self._unreadable: Set[str] = set()  # folders already reported
         self._lock = threading.RLock()
         self._dirty = False
 
     # -- reading the folder ---------------------------------------------------
 
+    def folders(self, under: str = "") -> Iterator[Tuple[str, List[os.DirEntry]]]:
+        """Each folder at or under `under` (relative, "" = the root) once, with its visible entries by name.
+
+        Iterative: a chain of thousands of nested folders costs no Python recursion (os.walk recursed
+        before 3.12). A folder met again through symlinks (same device and inode) is skipped, so loops end;
+        so are the cache folder and folders that cannot be read.
+        """
+        seen = set()
+        try:
+            st = os.stat(self.cache_dir)
+            seen.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        pending = [under]
+        while pending:
+            rel = pending.pop()
+            full = os.path.join(self.root, rel) if rel else self.root
+            try:
+                st = os.stat(full)
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                with os.scandir(full) as found:
+                    entries = sorted((e for e in found if not e.name.startswith(".")), key=lambda e: e.name)
+            except OSError as exc:
+                if rel not in self._unreadable and not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                    self._unreadable.add(rel)
+                    log.warning("cannot read folder %s: %s", printable(full), exc.strerror or exc)
+                continue
+            yield rel, entries
+            prefix = rel + "/" if rel else ""
+            pending.extend(prefix + e.name for e in reversed(entries) if self._descends(e))
+
+    def _descends(self, entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_dir() and (self.follow_symlinks or not entry.is_symlink())
+        except OSError:
+            return False
+
+    def candidates(self, under: str = "") -> Iterator[Tuple[str, bool]]:
+        """(relative path, is a symlink) of every candidate file under the root or one of its folders."""
+        for rel, entries in self.folders(under):
+            prefix = rel + "/" if rel else ""
+            for entry in entries:
+                if is_candidate_name(entry.name) and not self._descends(entry):
+                    try:
+                        link = entry.is_symlink()  # known from the listing: no system call
+                    except OSError:
+                        link = False
+                    yield prefix + entry.name, link
+
     def walk(self, under: str = "") -> Iterator[str]:
         """The relative path of every candidate file under the root (or under one of its folders)."""
-        seen_dirs = set()
-        root_prefix = os.path.join(self.root, "")
-        start = os.path.join(self.root, under) if under else self.root
-        for top, dirs, files in os.walk(start, followlinks=self.follow_symlinks):
-            real = os.path.realpath(top)
-            if real in seen_dirs or real == self.cache_dir:  # symlink loops, a cache inside
-                dirs[:] = []
-                continue
-            seen_dirs.add(real)
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            # os.walk's folders start with the root: slicing, not os.path.relpath (half of a warm scan's time)
-            folder = top[len(root_prefix):].replace(os.sep, "/") + "/" if top != self.root else ""
-            for name in sorted(files):
-                if is_candidate_name(name):
-                    yield folder + name
+        return (rel for rel, _ in self.candidates(under))
 
     def _outside(self, full: str) -> bool:
         real = os.path.realpath(full)
         return not real.startswith(os.path.realpath(self.root) + os.sep)
 
-    def examine(self, rel: str, previous: State) -> Optional[Any]:
+    def examine(self, rel: str, previous: State, reuse: bool = True) -> Optional[Any]:
         """The Record or Rejected for one path now, or None when it is gone or ignored.
 
-        Reuses the previous entry when the stat signature is unchanged.
+        Reuses the previous entry when the stat signature is unchanged (unless not `reuse`).
         """
         full = os.path.join(self.root, rel)
         try:
@@ -168,7 +234,7 @@ class Index:
             return None
         sig = signature_of(st)
         old = previous.records.get(rel) or previous.rejected.get(rel)
-        if old is not None and old.signature == sig:
+        if reuse and old is not None and old.signature == sig:
             return old
         if not self.follow_symlinks and os.path.islink(full) and self._outside(full):
             return Rejected(rel, "symbolic link to a file outside the packages folder "
@@ -179,7 +245,7 @@ class Index:
             return Rejected(rel, str(exc), sig)
         self.stats["parsed"] += 1
         # A file that changed while it was read is looked at again on its next event.
-        return Record(rel, st.st_size, st.st_mtime_ns, st.st_ino, package)
+        return Record(rel, *sig, package)
 
     def store_blob(self, data: bytes, suffix: str) -> str:
         """Keep an icon or screenshot in the cache under its content hash."""
@@ -195,7 +261,7 @@ class Index:
 
     def _cache_failed(self, exc: OSError) -> None:
         if self.cache_error is None:
-            log.warning("cache folder %s is not writable (%s): serving from memory", self.cache_dir, exc)
+            log.warning("cache folder %s is not writable (%s): serving from memory", printable(self.cache_dir), exc)
         self.cache_error = f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or self.cache_dir}"
 
     # -- changing the state -----------------------------------------------------
@@ -206,11 +272,15 @@ class Index:
             previous = self.current
             if not os.path.isdir(self.root):
                 if previous.records or previous.rejected:
-                    log.warning("packages folder %s is not available", self.root)
+                    log.warning("packages folder %s is not available", printable(self.root))
+                self._set_links({})
                 return self._publish({}, {}, previous)
-            paths = list(self.walk())
+            found = list(self.candidates())
+            paths = [rel for rel, _ in found]
             records: Dict[str, Record] = {}
             rejected: Dict[str, Rejected] = {}
+            # a symlink is never changed, only replaced (an event, an update): known targets are kept
+            self._set_links({rel: self.links.get(rel) or self._target(rel) for rel, link in found if link})
             for n, rel in enumerate(paths, 1):
                 self._sort_into(rel, self.examine(rel, previous), records, rejected)
                 if progress is not None and (n % 50 == 0 or n == len(paths)):
@@ -220,18 +290,33 @@ class Index:
                 progress.write("\n")
             return self._publish(records, rejected, previous)
 
-    def update(self, rels: Iterable[str]) -> State:
-        """Look again at some paths (from the watcher)."""
+    def update(self, rels: Iterable[str], reread: Container[str] = ()) -> State:
+        """Look again at some paths (from the watcher); those in `reread` are parsed even when their signature
+        is unchanged (closed after writing: where times are coarse or not kept, a rewrite can keep it)."""
         with self._lock:
             previous = self.current
             records = dict(previous.records)
             rejected = dict(previous.rejected)
+            links = dict(self.links)
             for rel in rels:
                 records.pop(rel, None)
                 rejected.pop(rel, None)
+                links.pop(rel, None)
                 if is_candidate_name(rel.rsplit("/", 1)[-1]):
-                    self._sort_into(rel, self.examine(rel, previous), records, rejected)
+                    if os.path.islink(os.path.join(self.root, rel)):
+                        links[rel] = self._target(rel)
+                    self._sort_into(rel, self.examine(rel, previous, rel not in reread), records, rejected)
+            self._set_links(links)
             return self._publish(records, rejected, previous)
+
+    def refresh(self, rel: str) -> Optional[Record]:
+        """Look at one file again now and return its Record, if it is (still) a valid package.
+
+        For the download route when the open file does not match the record: the folder changed in a way no
+        event told (a symlink's target replaced, a change the settle window or the poll interval has not yet
+        shown), so the next request is not answered 404 for what is there.
+        """
+        return self.update([rel]).records.get(rel)
 
     def remove_tree(self, prefix: str) -> State:
         """Forget every path at or under a relative folder (moved out, deleted)."""
@@ -240,7 +325,15 @@ class Index:
             keep = lambda p: not (p == prefix or p.startswith(prefix + "/"))  # noqa: E731
             records = {p: r for p, r in previous.records.items() if keep(p)}
             rejected = {p: r for p, r in previous.rejected.items() if keep(p)}
+            self._set_links({p: t for p, t in self.links.items() if keep(p)})
             return self._publish(records, rejected, previous)
+
+    def _target(self, rel: str) -> str:
+        return os.path.realpath(os.path.join(self.root, rel))
+
+    def _set_links(self, links: Dict[str, str]) -> None:
+        if links != self.links:
+            self.links = links
 
     @staticmethod
     def _sort_into(rel: str, found: Any, records: Dict[str, Record], rejected: Dict[str, Rejected]) -> None:
@@ -338,7 +431,7 @@ class Index:
         except FileNotFoundError:
             return False
         except Exception as exc:  # any damage means: rebuild
-            log.warning("ignoring snapshot %s: %s", self.snapshot_path, exc)
+            log.warning("ignoring snapshot %s: %s", printable(self.snapshot_path), printable(str(exc)))
             return False
         with self._lock:
             self.current = State(self.current.version + 1, records, rejected)
@@ -436,13 +529,16 @@ def scan_command(cfg: Mapping[str, Any], out: IO[str]) -> int:
     index.fill_md5(index.pending_md5())
     index.save_snapshot(force=True)
     state = index.current
+    reconfigure = getattr(out, "reconfigure", None)
+    if reconfigure is not None:  # a terminal that cannot show a name gets escapes, not a traceback
+        reconfigure(errors="backslashreplace")
     out.write(
-        f"{len(state.records)} packages, {len(state.rejected)} rejected in {index.root} "
+        f"{len(state.records)} packages, {len(state.rejected)} rejected in {printable(index.root)} "
         f"({index.stats['from_snapshot']} from snapshot, {index.stats['parsed']} parsed, "
         f"{time.monotonic() - started:.2f} s)\n"
     )
-    for rel, rejected in state.rejected.items():
-        out.write(f"rejected: {rel}: {rejected.reason}\n")
+    for rel, rejected in state.rejected.items():  # one line each, whatever the names hold
+        out.write(f"rejected: {printable(rel)}: {printable(rejected.reason)}\n")
     if index.cache_error:
-        out.write(f"warning: snapshot not written: {index.cache_error}\n")
+        out.write(f"warning: snapshot not written: {printable(index.cache_error)}\n")
     return 0

@@ -76,7 +76,7 @@ def test_corrupt_or_foreign_snapshots_are_rebuilt(packages, tmp_path, caplog):
     cache.mkdir()
     snapshot = cache / "index.jsonl"
     header = {"schema": SNAPSHOT_SCHEMA, "folder": str(packages), "texts": ["a", "1.0-1"]}
-    record = {"path": "a.spk", "size": 1, "mtime_ns": 1, "inode": 1, "md5": None, "package": {
+    record = {"path": "a.spk", "size": 1, "mtime_ns": 1, "inode": 1, "ctime_ns": 1, "md5": None, "package": {
         "info": {"package": 0, "version": 1}, "icon": None, "icon_256": None, "screenshots": [],
         "has_license": False, "install_wizard": False, "upgrade_wizard": False, "warnings": []}}
 
