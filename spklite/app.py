@@ -17,9 +17,9 @@ from urllib.parse import parse_qsl
 import bottle
 
 from spklite import __license__, __version__, files
-from spklite.catalog import Catalog, Links, Query, encode, file_text
+from spklite.catalog import Catalog, Links, Query, encode
 from spklite.config import load_yaml
-from spklite.index import Index, State
+from spklite.index import Index, State, printable
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -298,7 +298,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         language = (bottle.request.query.getunicode("language") or "").lower()
         links = server.links(bottle.request.environ)
         if name.lower().endswith(".spk"):  # a file, as /v1/packages shows it
-            offers = [o for o in catalog.offers if file_text(o.record.path) == name]
+            offers = [o for o in catalog.offers if printable(o.record.path) == name]
             if not offers:
                 return error(404, f"no package file {name!r}")
             return json_response(catalog.file_object(offers[0], links, language))
@@ -314,7 +314,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
 
     @api("/v1/rejected")
     def rejected() -> Any:
-        return json_response([{"file": file_text(r.path), "reason": r.reason}
+        return json_response([{"file": printable(r.path), "reason": r.reason}
                               for r in server.index.current.rejected.values()])
 
     # -- errors: JSON, never a traceback --------------------------------------------

@@ -15,6 +15,7 @@ from functools import lru_cache
 from urllib.parse import quote
 
 from spklite import synology
+from spklite.index import printable
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -148,11 +149,6 @@ class Links(namedtuple("Links", "base download static default_icon")):
 
     def blob(self, name: str) -> str:
         return f"{self.base}{self.static}/{quote(name)}"
-
-
-def file_text(path: str) -> str:
-    """A file's relative path as text to show: bytes that are not UTF-8 (os.walk's lone surrogates) as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 class Catalog:
@@ -307,7 +303,7 @@ class Catalog:
         info = offer.record.package.info
         obj = self.entry(offer, language, links, dsm7=True)
         obj.update(
-            file=file_text(offer.record.path),
+            file=printable(offer.record.path),
             arch=info.get("arch", ""),
             os_min_ver=info.get("os_min_ver") or info.get("firmware") or "",
             os_max_ver=info.get("os_max_ver", ""),

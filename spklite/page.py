@@ -21,7 +21,8 @@ import bottle
 
 from spklite import __version__, synology
 from spklite.app import asset
-from spklite.catalog import Query, file_text, newest_per_package
+from spklite.catalog import Query, newest_per_package
+from spklite.index import printable
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ def item(obj: Mapping[str, Any], offer: Any) -> Dict[str, Any]:
         "dsm": dsm_range(info),
         "arch": info.get("arch", ""),
         "beta": offer.beta,
-        "file": file_text(offer.record.path),
+        "file": printable(offer.record.path),
         "warnings": offer.record.package.warnings,
     }
 
@@ -241,10 +242,10 @@ def render(server: Any, get: Get) -> str:
         loopback=is_loopback(urlsplit(location).hostname or ""),
         reachable=reachable_locations(location),
         listen_host=server.cfg["host"] if is_loopback(server.cfg["host"]) else "",
-        folder=file_text(server.cfg["filesystem.packages"]),
+        folder=printable(server.cfg["filesystem.packages"]),
         watching=server.watch_mode() != "off",
         total=len(state.records),
-        rejected=[r._replace(path=file_text(r.path)) for r in sorted(state.rejected.values(), key=lambda r: r.path)],
+        rejected=[r._replace(path=printable(r.path)) for r in sorted(state.rejected.values(), key=lambda r: r.path)],
         models=server.models,
         platforms=PLATFORMS,
         families=synology.PLATFORM_FAMILY,

@@ -133,7 +133,7 @@ def test_hostile_file_names_never_break_the_other_files(packages: Path, run_serv
     assert all(link.isascii() and link.isprintable() for link in links.values())
 
     files = {p["file"] for p in server.json("/v1/packages")}
-    assert {"caf\\xe9.spk", "new\nline.spk", "\\xff\\xfe.spk", "plain.spk"} <= files
+    assert {"caf\\xe9.spk", "new\\nline.spk", "\\xff\\xfe.spk", "plain.spk"} <= files
     assert server.json("/v1/packages/caf%5Cxe9.spk")["package"] == "odd0"
     assert server.json("/v1/rejected")[0]["file"] == "broken\\xe9.spk"
     assert server.get("/", headers={"Accept": "text/html"})[0] == 200
