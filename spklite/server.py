@@ -27,20 +27,48 @@ access_log = logging.getLogger("spklite.access")
 
 SNAPSHOT_EVERY = 5.0  # seconds between snapshot writes at most: flash wears out
 MASK_SERIAL = re.compile(r"(?i)(ds_sn=)[^&]*")
+PLAIN = re.compile(r'[ !#-\[\]-~]*\Z')  # printable ASCII but the quote and the backslash: logged as it is
+
+
+def loggable(value: str) -> str:
+    """A request's value fit for one log line, unambiguous and readable.
+
+    A WSGI string holds raw bytes (latin-1): they are read as UTF-8 where they are. Controls (a CR/LF
+    would start a forged line, ESC drives terminals), other unprintable characters, bytes that are not
+    UTF-8, the quote and the backslash are escaped: \\xNN a byte, \\uNNNN a character.
+    """
+    if PLAIN.match(value):
+        return value
+    try:
+        value = value.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # not a WSGI byte string: taken as characters
+        pass
+    return "".join(ch if ch.isprintable() and ch not in '\\"' else _escaped(ch) for ch in value)
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if ch in '\\"':
+        return "\\" + ch
+    if code < 0x80 or 0xDC80 <= code <= 0xDCFF:  # an ASCII control, or a byte that is not UTF-8
+        return f"\\x{code & 0xFF:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def access_logged(app: Callable[..., Any]) -> Callable[..., Any]:
-    """WSGI middleware: one log line per request, the NAS serial number masked."""
+    """WSGI middleware: one log line per request, the NAS serial number masked, values escaped."""
 
     def logged(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")  # as received: Bottle replaces it with its decoded text
+
         def start(status: str, headers: list, exc_info: Any = None) -> Any:
             query = MASK_SERIAL.sub(r"\1***", environ.get("QUERY_STRING", ""))
             access_log.info(
                 '%s "%s %s%s" %s',
-                environ.get("REMOTE_ADDR", "-"),
-                environ.get("REQUEST_METHOD", "-"),
-                environ.get("PATH_INFO", ""),
-                "?" + query if query else "",
+                loggable(environ.get("REMOTE_ADDR", "-")),  # from X-Forwarded-For behind a trusted proxy
+                loggable(environ.get("REQUEST_METHOD", "-")),
+                loggable(path),
+                "?" + loggable(query) if query else "",
                 status.split(" ", 1)[0],
             )
             return start_response(status, headers, exc_info)
