@@ -8,13 +8,12 @@ import logging.handlers
 import os
 import queue
 import re
-import signal
 import threading
 import time
 
 import waitress
 
-from spklite import __version__, config, watch
+from spklite import __version__, config, listener, watch
 from spklite.app import make_app
 from spklite.index import Index, open_index
 
@@ -98,8 +97,10 @@ def waitress_options(cfg: Mapping[str, Any]) -> dict:
         "host": cfg["host"],
         "port": cfg["port"],
         "threads": cfg["server.threads"],
-        "connection_limit": cfg["server.connection-limit"],
+        # The setting counts clients; the listener closes idle ones over it (see listener.HEADROOM).
+        "connection_limit": cfg["server.connection-limit"] + listener.HEADROOM,
         "channel_timeout": int(cfg["server.channel-timeout"]),
+        "asyncore_use_poll": True,  # select() fails on a socket numbered 1024 or more: a limit over ~1000
         "max_request_body_size": cfg["server.max-request-body-size"],
         "max_request_header_size": cfg["server.max-request-header-size"],
         "ident": "spklite",
@@ -143,6 +144,21 @@ class LogThread:
     def __exit__(self, *_: Any) -> None:
         self.listener.stop()  # writes what is still queued
         self.root.handlers = self.handlers
+
+
+def rescan(index: Index) -> None:
+    """SIGHUP: the packages folder scanned again (a change the watch cannot see), off the event loop."""
+
+    def scan() -> None:
+        log.info("received SIGHUP: scanning %s again", index.root)
+        try:
+            state = index.scan()
+        except Exception:  # the server outlives a failed scan; the watch goes on
+            log.exception("re-scan failed")
+        else:
+            log.info("re-scan done: %d packages, %d rejected", len(state.records), len(state.rejected))
+
+    threading.Thread(target=scan, name="spklite-rescan", daemon=True).start()
 
 
 def ensure_default_packages_folder(cfg: Mapping[str, Any]) -> None:
@@ -192,18 +208,13 @@ def _serve(cfg: Mapping[str, Any]) -> int:
         return 1
     upkeep = Upkeep(index)
     upkeep.start()
+    # SIGTERM/SIGINT: running downloads finish (up to a deadline), then the snapshot; SIGHUP: a re-scan.
+    supervisor = listener.Supervisor(server, cfg["server.connection-limit"], on_hangup=lambda: rescan(index))
     # cli.main turned the collector off for the start-up. One pass for its garbage, then its objects,
     # which stay for good, are moved out of the collector's sight: its passes look at what requests make.
     gc.collect()
     gc.freeze()
     gc.enable()
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     log.info("serving on http://%s:%s/", cfg["host"], server.effective_port)  # type: ignore[union-attr]
     try:
         server.run()
@@ -212,5 +223,6 @@ def _serve(cfg: Mapping[str, Any]) -> int:
         upkeep.stop.set()
         upkeep.join(timeout=5)
         index.save_snapshot()
+        supervisor.close()  # till here a signal more cannot cut the snapshot short
         log.info("stopped")
     return 0
