@@ -146,19 +146,37 @@ class LogThread:
         self.root.handlers = self.handlers
 
 
-def rescan(index: Index) -> None:
-    """SIGHUP: the packages folder scanned again (a change the watch cannot see), off the event loop."""
+class Rescan:
+    """SIGHUP: the packages folder scanned again (a change the watch cannot see), in a thread, off the event
+    loop. Signals during a scan ask for one scan more, not one each."""
 
-    def scan() -> None:
-        log.info("received SIGHUP: scanning %s again", index.root)
-        try:
-            state = index.scan()
-        except Exception:  # the server outlives a failed scan; the watch goes on
-            log.exception("re-scan failed")
-        else:
-            log.info("re-scan done: %d packages, %d rejected", len(state.records), len(state.rejected))
+    def __init__(self, index: Index):
+        self.index = index
+        self.lock = threading.Lock()
+        self.wanted = self.running = False
 
-    threading.Thread(target=scan, name="spklite-rescan", daemon=True).start()
+    def __call__(self) -> None:
+        log.info("received SIGHUP: scanning %s again", self.index.root)
+        with self.lock:
+            self.wanted = True
+            if self.running:
+                return
+            self.running = True
+        threading.Thread(target=self.run, name="spklite-rescan", daemon=True).start()
+
+    def run(self) -> None:
+        while True:
+            with self.lock:
+                if not self.wanted:
+                    self.running = False
+                    return
+                self.wanted = False
+            try:
+                state = self.index.scan()
+            except Exception:  # the server outlives a failed scan; the watch goes on
+                log.exception("re-scan failed")
+            else:
+                log.info("re-scan done: %d packages, %d rejected", len(state.records), len(state.rejected))
 
 
 def ensure_default_packages_folder(cfg: Mapping[str, Any]) -> None:
@@ -209,7 +227,7 @@ def _serve(cfg: Mapping[str, Any]) -> int:
     upkeep = Upkeep(index)
     upkeep.start()
     # SIGTERM/SIGINT: running downloads finish (up to a deadline), then the snapshot; SIGHUP: a re-scan.
-    supervisor = listener.Supervisor(server, cfg["server.connection-limit"], on_hangup=lambda: rescan(index))
+    supervisor = listener.Supervisor(server, cfg["server.connection-limit"], on_hangup=Rescan(index))
     # cli.main turned the collector off for the start-up. One pass for its garbage, then its objects,
     # which stay for good, are moved out of the collector's sight: its passes look at what requests make.
     gc.collect()

@@ -192,3 +192,8 @@ def test_the_shutdown_deadline_fits_every_service_manager():
     synology = int(tries) * float(pause)
     for manager, timeout in (("systemd", systemd), ("procd", procd), ("start-stop-status", synology)):
         assert listener.SHUTDOWN_DEADLINE + margin <= timeout, (manager, timeout)
+
+
+def test_systemctl_reload_rescans():
+    unit = (ROOT / "systemd" / "spklite.service").read_text()
+    assert re.search(r"^ExecReload=/bin/kill -HUP \$MAINPID$", unit, re.M)
