@@ -40,14 +40,14 @@ TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
 
 
 class FramingParser(HTTPRequestParser):
-    """RFC 9112 6.1: a request with both Transfer-Encoding and Content-Length, or Transfer-Encoding in
-    HTTP/1.0, may be an attempt to smuggle a second request past a proxy: it is answered, then the
-    connection closes (what was pipelined behind it is not answered)."""
+    """RFC 9112 6.1: a request with both Transfer-Encoding and Content-Length, or Transfer-Encoding in a
+    version other than HTTP/1.1 (waitress then ignores it), may be an attempt to smuggle a second request
+    past a proxy: it is answered, then the connection closes (what was pipelined behind it is not)."""
 
     def parse_header(self, header_plus: bytes) -> None:
         super().parse_header(header_plus)
         # waitress drops the Transfer-Encoding header once read: its presence is looked for in the bytes.
-        if TRANSFER_ENCODING.search(header_plus) and ("CONTENT_LENGTH" in self.headers or self.version == "1.0"):
+        if TRANSFER_ENCODING.search(header_plus) and ("CONTENT_LENGTH" in self.headers or self.version != "1.1"):
             self.headers["CONNECTION"] = "close"  # what waitress' task reads to close after answering
 
 

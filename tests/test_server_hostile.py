@@ -75,7 +75,8 @@ def answers(port: int, request: bytes, timeout: float = 3.0) -> List[bytes]:
     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n",
     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n",
     b"POST / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n",
-], ids=["te-cl", "cl-te", "http10-te"])
+    b"POST / HTTP/1.2\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n",
+], ids=["te-cl", "cl-te", "http10-te", "http12-te"])
 def test_a_request_with_both_framings_is_answered_then_the_connection_closed(run_server, packages, head):
     """RFC 9112 6.1: Content-Length with Transfer-Encoding (or Transfer-Encoding in HTTP/1.0) may be a
     smuggling attempt; what follows it on the connection is not answered."""
