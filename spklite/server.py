@@ -8,13 +8,12 @@ import logging.handlers
 import os
 import queue
 import re
-import signal
 import threading
 import time
 
 import waitress
 
-from spklite import __version__, config, watch
+from spklite import __version__, config, listener, watch
 from spklite.app import make_app
 from spklite.index import Index, open_index
 
@@ -27,20 +26,48 @@ access_log = logging.getLogger("spklite.access")
 
 SNAPSHOT_EVERY = 5.0  # seconds between snapshot writes at most: flash wears out
 MASK_SERIAL = re.compile(r"(?i)(ds_sn=)[^&]*")
+PLAIN = re.compile(r'[ !#-\[\]-~]*\Z')  # printable ASCII but the quote and the backslash: logged as it is
+
+
+def loggable(value: str) -> str:
+    """A request's value fit for one log line, unambiguous and readable.
+
+    A WSGI string holds raw bytes (latin-1): they are read as UTF-8 where they are. Controls (a CR/LF
+    would start a forged line, ESC drives terminals), other unprintable characters, bytes that are not
+    UTF-8, the quote and the backslash are escaped: \\xNN a byte, \\uNNNN a character.
+    """
+    if PLAIN.match(value):
+        return value
+    try:
+        value = value.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # not a WSGI byte string: taken as characters
+        pass
+    return "".join(ch if ch.isprintable() and ch not in '\\"' else _escaped(ch) for ch in value)
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if ch in '\\"':
+        return "\\" + ch
+    if code < 0x80 or 0xDC80 <= code <= 0xDCFF:  # an ASCII control, or a byte that is not UTF-8
+        return f"\\x{code & 0xFF:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def access_logged(app: Callable[..., Any]) -> Callable[..., Any]:
-    """WSGI middleware: one log line per request, the NAS serial number masked."""
+    """WSGI middleware: one log line per request, the NAS serial number masked, values escaped."""
 
     def logged(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")  # as received: Bottle replaces it with its decoded text
+
         def start(status: str, headers: list, exc_info: Any = None) -> Any:
             query = MASK_SERIAL.sub(r"\1***", environ.get("QUERY_STRING", ""))
             access_log.info(
                 '%s "%s %s%s" %s',
-                environ.get("REMOTE_ADDR", "-"),
-                environ.get("REQUEST_METHOD", "-"),
-                environ.get("PATH_INFO", ""),
-                "?" + query if query else "",
+                loggable(environ.get("REMOTE_ADDR", "-")),  # from X-Forwarded-For behind a trusted proxy
+                loggable(environ.get("REQUEST_METHOD", "-")),
+                loggable(path),
+                "?" + loggable(query) if query else "",
                 status.split(" ", 1)[0],
             )
             return start_response(status, headers, exc_info)
@@ -70,8 +97,10 @@ def waitress_options(cfg: Mapping[str, Any]) -> dict:
         "host": cfg["host"],
         "port": cfg["port"],
         "threads": cfg["server.threads"],
-        "connection_limit": cfg["server.connection-limit"],
+        # The setting counts clients; the listener closes idle ones over it (see listener.HEADROOM).
+        "connection_limit": cfg["server.connection-limit"] + listener.HEADROOM,
         "channel_timeout": int(cfg["server.channel-timeout"]),
+        "asyncore_use_poll": True,  # select() fails on a socket numbered 1024 or more: a limit over ~1000
         "max_request_body_size": cfg["server.max-request-body-size"],
         "max_request_header_size": cfg["server.max-request-header-size"],
         "ident": "spklite",
@@ -115,6 +144,39 @@ class LogThread:
     def __exit__(self, *_: Any) -> None:
         self.listener.stop()  # writes what is still queued
         self.root.handlers = self.handlers
+
+
+class Rescan:
+    """SIGHUP: the packages folder scanned again (a change the watch cannot see), in a thread, off the event
+    loop. Signals during a scan ask for one scan more, not one each."""
+
+    def __init__(self, index: Index):
+        self.index = index
+        self.lock = threading.Lock()
+        self.wanted = self.running = False
+
+    def __call__(self) -> None:
+        log.info("received SIGHUP: scanning %s again", self.index.root)
+        with self.lock:
+            self.wanted = True
+            if self.running:
+                return
+            self.running = True
+        threading.Thread(target=self.run, name="spklite-rescan", daemon=True).start()
+
+    def run(self) -> None:
+        while True:
+            with self.lock:
+                if not self.wanted:
+                    self.running = False
+                    return
+                self.wanted = False
+            try:
+                state = self.index.scan()
+            except Exception:  # the server outlives a failed scan; the watch goes on
+                log.exception("re-scan failed")
+            else:
+                log.info("re-scan done: %d packages, %d rejected", len(state.records), len(state.rejected))
 
 
 def ensure_default_packages_folder(cfg: Mapping[str, Any]) -> None:
@@ -164,18 +226,13 @@ def _serve(cfg: Mapping[str, Any]) -> int:
         return 1
     upkeep = Upkeep(index)
     upkeep.start()
+    # SIGTERM/SIGINT: running downloads finish (up to a deadline), then the snapshot; SIGHUP: a re-scan.
+    supervisor = listener.Supervisor(server, cfg["server.connection-limit"], on_hangup=Rescan(index))
     # cli.main turned the collector off for the start-up. One pass for its garbage, then its objects,
     # which stay for good, are moved out of the collector's sight: its passes look at what requests make.
     gc.collect()
     gc.freeze()
     gc.enable()
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     log.info("serving on http://%s:%s/", cfg["host"], server.effective_port)  # type: ignore[union-attr]
     try:
         server.run()
@@ -184,5 +241,6 @@ def _serve(cfg: Mapping[str, Any]) -> int:
         upkeep.stop.set()
         upkeep.join(timeout=5)
         index.save_snapshot()
+        supervisor.close()  # till here a signal more cannot cut the snapshot short
         log.info("stopped")
     return 0

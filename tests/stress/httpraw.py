@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 Response = Tuple[Optional[int], Dict[str, str], bytes]
 
@@ -41,3 +41,17 @@ def build(method: str, target: str, headers: Dict[str, str], body: bytes = b"") 
     if (body or method in ("POST", "PUT")) and "Content-Length" not in headers:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+
+
+def still_open(sockets: List[socket.socket]) -> int:
+    """How many the server has not closed (a closed one reads as end of stream)."""
+    count = 0
+    for sock in sockets:
+        sock.setblocking(False)
+        try:
+            count += sock.recv(1) != b""
+        except BlockingIOError:
+            count += 1
+        except OSError:
+            pass
+    return count
