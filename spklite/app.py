@@ -272,13 +272,17 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
     @api("/health")
     def health() -> Any:
         state = server.index.current
+        problems = server.index.problems()
         body = {
-            "status": "ok", "packages": len(state.records), "rejected": len(state.rejected),
+            "status": "degraded" if problems else "ok", "packages": len(state.records),
+            "rejected": len(state.rejected),
             "watch": server.watch_mode(), "index_version": state.version,
             "from_snapshot": server.index.stats["from_snapshot"], "parsed": server.index.stats["parsed"],
             "md5_pending": len(server.index.pending_md5()),
-            "folder_available": os.path.isdir(server.index.root),
+            "folder_available": os.path.isdir(server.index.root) and "" not in server.index.unreadable,
         }
+        if problems:
+            body["problems"] = [{"path": path, "reason": why} for path, why in problems.items()]
         if server.index.cache_error:
             body["cache_error"] = server.index.cache_error
         return json_response(body)
@@ -314,8 +318,9 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
 
     @api("/v1/rejected")
     def rejected() -> Any:
-        return json_response([{"file": printable(r.path), "reason": r.reason}
-                              for r in server.index.current.rejected.values()])
+        folders = [{"file": printable(rel or ".") + "/", "reason": why} for rel, why in server.index.unreadable.items()]
+        return json_response(folders + [{"file": printable(r.path), "reason": r.reason}
+                                         for r in server.index.current.rejected.values()])
 
     # -- errors: JSON, never a traceback --------------------------------------------
 

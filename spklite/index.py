@@ -155,7 +155,9 @@ class Index:
         # the packages folder sees it (the watcher watches these too). Replaced as a whole, like `current`.
         # (A symlink on the way to a target replaced elsewhere is seen by a download's refresh, not here.)
         self.links: Mapping[str, str] = {}
-        self._unreadable: Set[str] = set()  # folders already reported
+        # Folders that could not be read when last walked -> why (the root as ""), and those already logged.
+        self.unreadable: Dict[str, str] = {}
+        self._reported: Set[str] = set()
         self._lock = threading.RLock()
         self._dirty = False
 
@@ -186,10 +188,14 @@ class Index:
                 with os.scandir(full) as found:
                     entries = sorted((e for e in found if not e.name.startswith(".")), key=lambda e: e.name)
             except OSError as exc:
-                if rel not in self._unreadable and not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-                    self._unreadable.add(rel)
-                    log.warning("cannot read folder %s: %s", printable(full), exc.strerror or exc)
+                if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                    self.unreadable[rel] = f"{spk.UNREADABLE} folder: {exc.strerror or exc}"
+                    if rel not in self._reported:
+                        self._reported.add(rel)
+                        log.warning("cannot read folder %s: %s", printable(full), exc.strerror or exc)
                 continue
+            self.unreadable.pop(rel, None)
+            self._reported.discard(rel)
             yield rel, entries
             prefix = rel + "/" if rel else ""
             pending.extend(prefix + e.name for e in reversed(entries) if self._descends(e))
@@ -270,12 +276,14 @@ class Index:
         """Reconcile the whole folder with the current state."""
         with self._lock:
             previous = self.current
+            self.unreadable = {}
             if not os.path.isdir(self.root):
                 if previous.records or previous.rejected:
                     log.warning("packages folder %s is not available", printable(self.root))
                 self._set_links({})
                 return self._publish({}, {}, previous)
             found = list(self.candidates())
+            self._reported.intersection_update(self.unreadable)  # gone: logged again should it come back
             paths = [rel for rel, _ in found]
             records: Dict[str, Record] = {}
             rejected: Dict[str, Rejected] = {}
@@ -317,6 +325,16 @@ class Index:
         shown), so the next request is not answered 404 for what is there.
         """
         return self.update([rel]).records.get(rel)
+
+    def problems(self) -> Dict[str, str]:
+        """What keeps the server from seeing the whole folder: {printable path: why}. Empty when all is well."""
+        if not os.path.isdir(self.root):
+            return {printable(self.root): "packages folder does not exist or is not a folder"}
+        found = {printable(os.path.join(self.root, rel) if rel else self.root): why
+                 for rel, why in self.unreadable.items()}
+        found.update((printable(os.path.join(self.root, rel)), r.reason) for rel, r in self.current.rejected.items()
+                     if r.reason.startswith(spk.UNREADABLE))
+        return found
 
     def remove_tree(self, prefix: str) -> State:
         """Forget every path at or under a relative folder (moved out, deleted)."""
@@ -539,6 +557,9 @@ def scan_command(cfg: Mapping[str, Any], out: IO[str]) -> int:
     )
     for rel, rejected in state.rejected.items():  # one line each, whatever the names hold
         out.write(f"rejected: {printable(rel)}: {printable(rejected.reason)}\n")
+    failed = index.problems()
+    for path, why in failed.items():
+        out.write(f"error: {path}: {printable(why)}\n")
     if index.cache_error:
-        out.write(f"warning: snapshot not written: {printable(index.cache_error)}\n")
-    return 0
+        out.write(f"error: snapshot not written: {printable(index.cache_error)}\n")
+    return 1 if failed or index.cache_error else 0

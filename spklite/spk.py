@@ -59,6 +59,9 @@ _ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
 _ESCAPE = re.compile(r"\\([\"\\])")
 
 
+UNREADABLE = "cannot read"  # starts the reason of a file the server may not or cannot read (not its content)
+
+
 class SpkError(Exception):
     """A file that is not a usable package; str(error) is the precise reason.
 
@@ -253,7 +256,7 @@ def read_spk(
             if verify_checksum:
                 _verify_checksum(fh, info, found.package_tgz, warnings)
         except OSError as exc:  # an I/O error inside the file (bad disk, NAS gone)
-            raise SpkError(f"unreadable archive: {exc}") from None
+            raise SpkError(f"{UNREADABLE} archive: {exc}") from None
     # Stored after the file is closed, outside the net above: a failing store is
     # the caller's problem, not a defect of this package.
     icon, icon_256 = (None if data is None else store(data, ".png") for data in icons)
@@ -284,9 +287,9 @@ def _open(path: str | os.PathLike[str]) -> IO[bytes]:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise SpkError(f"cannot read: {exc.strerror or exc}") from None
+        raise SpkError(f"{UNREADABLE}: {exc.strerror or exc}") from None
     except (TypeError, ValueError) as exc:  # e.g. a NUL byte in the path
-        raise SpkError(f"cannot read: {exc}") from None
+        raise SpkError(f"{UNREADABLE}: {exc}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise SpkError("not a regular file")

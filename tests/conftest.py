@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -148,3 +149,42 @@ def read_snapshot(cache: Path) -> Dict[str, Any]:
         "files": {e["path"]: e for e in entries if "reason" not in e},
         "rejected": {e["path"]: e for e in entries if "reason" in e},
     }
+
+
+# Root reads every file whatever its mode: a server meant to meet an unreadable folder runs without the two
+# capabilities that let root past permissions, and the folder belongs to another user.
+AS_ROOT = os.geteuid() == 0
+WITHOUT_ROOT_POWERS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if AS_ROOT else []
+
+
+def lock(path: Path) -> None:
+    """Make `path` unreadable for a process started through WITHOUT_ROOT_POWERS (restored by `unlock`)."""
+    if AS_ROOT:
+        os.chown(path, 65534, 65534)
+    path.chmod(0o700 if AS_ROOT else 0)
+
+
+def unlock(path: Path) -> None:
+    if AS_ROOT:
+        os.chown(path, 0, 0)
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def run_limited(tmp_path: Path) -> Iterator[Any]:
+    """Like run_server, for a server that must not read what `lock` locked (also as root)."""
+    if AS_ROOT and not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is needed to run a server without root's powers")
+    started: List[Running] = []
+
+    def run(*args: str) -> Running:
+        home = tmp_path / "home"
+        home.mkdir(exist_ok=True)
+        server = Running(home, list(args), launcher=[*WITHOUT_ROOT_POWERS, sys.executable, "-m", "spklite"])
+        started.append(server)
+        return server
+
+    yield run
+    for server in started:
+        server.stop(signal.SIGKILL)
+        server.log.close()

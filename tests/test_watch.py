@@ -102,9 +102,13 @@ def test_folder_removed_and_recreated(live):
     assert shows(app, {"a": "1.0-1"})
     os.rename(packages, staging / "unplugged")
     assert shows(app, {}, timeout=10)
-    assert app.get("/health").json["status"] == "ok"
+    health = app.get("/health").json  # still serving, and saying why the catalog is empty
+    assert (health["status"], health["folder_available"]) == ("degraded", False)
+    assert health["problems"] == [{"path": str(packages),
+                                   "reason": "packages folder does not exist or is not a folder"}]
     os.rename(staging / "unplugged", packages)  # plugged in again
     assert shows(app, {"a": "1.0-1"}, timeout=10)
+    assert app.get("/health").json["status"] == "ok"
     build_spk(packages / "b.spk", {"package": "b"})  # and watched again
     assert shows(app, {"a": "1.0-1", "b": "1.0-1"}, timeout=10)
 

@@ -1,0 +1,98 @@
+"""What the person running spklite is told (issue 11): a folder or file the server cannot read shows in the
+log, /health, /v1/rejected and scan's exit status; scan fails loudly when it failed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Tuple
+
+from conftest import TESTS, WITHOUT_ROOT_POWERS, lock, unlock, wait_for
+from spkbuilder import build_spk
+
+
+def scan(home: Path, *flags: str, limited: bool = False) -> Tuple[int, str, str]:
+    prefix: List[str] = WITHOUT_ROOT_POWERS if limited else []
+    done = subprocess.run([*prefix, sys.executable, "-m", "spklite", "--home", str(home), *flags, "scan"],
+                          capture_output=True, text=True, timeout=60, cwd=str(TESTS.parent))
+    return done.returncode, done.stdout, done.stderr
+
+
+def unreadable_tree(packages: Path) -> Tuple[Path, Path]:
+    build_spk(packages / "ok.spk", {"package": "ok"})
+    hidden = packages / "sub"
+    hidden.mkdir()
+    build_spk(hidden / "hidden.spk", {"package": "hidden"})
+    locked = build_spk(packages / "locked.spk", {"package": "locked"})
+    lock(hidden)
+    lock(locked)
+    return hidden, locked
+
+
+def test_an_unreadable_folder_and_file_are_reported_not_hidden(packages: Path, run_limited: Callable[..., Any]):
+    hidden, locked = unreadable_tree(packages)
+    try:
+        server = run_limited("--packages", str(packages))
+        health = server.json("/health")
+        assert health["status"] == "degraded" and health["folder_available"] is True
+        assert {p["path"]: p["reason"] for p in health["problems"]} == {
+            str(hidden): "cannot read folder: Permission denied",
+            str(locked): "cannot read: Permission denied",
+        }
+        assert server.json("/v1/rejected") == [
+            {"file": "sub/", "reason": "cannot read folder: Permission denied"},
+            {"file": "locked.spk", "reason": "cannot read: Permission denied"},
+        ]
+        assert f"cannot read folder {hidden}: Permission denied" in server.output()
+        unlock(hidden)
+        unlock(locked)
+        server.proc.send_signal(signal.SIGHUP)  # what an operator does after fixing permissions: a re-scan
+        assert wait_for(lambda: server.json("/health")["status"] == "ok")
+        assert server.json("/v1/rejected") == []
+        assert sorted(p["package"] for p in server.json("/v1/packages")) == ["hidden", "locked", "ok"]
+    finally:
+        unlock(hidden)
+        unlock(locked)
+
+
+def test_an_unreadable_packages_folder_is_not_available(packages: Path, run_limited: Callable[..., Any]):
+    build_spk(packages / "ok.spk", {"package": "ok"})
+    lock(packages)
+    try:
+        server = run_limited("--packages", str(packages))
+        health = server.json("/health")
+        assert (health["status"], health["folder_available"], health["packages"]) == ("degraded", False, 0)
+        assert server.json("/v1/rejected") == [{"file": "./", "reason": "cannot read folder: Permission denied"}]
+    finally:
+        unlock(packages)
+
+
+def test_scan_exit_status_says_whether_it_saw_everything(tmp_path: Path, packages: Path):
+    home = tmp_path / "home"
+    build_spk(packages / "ok.spk", {"package": "ok"})
+    (packages / "junk.spk").write_bytes(b"not a package")  # the folder's content: listed, not a failure
+    status, out, _ = scan(home, "--packages", str(packages))
+    assert status == 0 and out.startswith("1 packages, 1 rejected") and "error" not in out
+
+    status, out, _ = scan(home, "--packages", str(tmp_path / "absent"))
+    assert status == 1
+    assert f"error: {tmp_path / 'absent'}: packages folder does not exist or is not a folder" in out
+
+    (tmp_path / "a-file").write_text("")
+    status, out, _ = scan(home, "--packages", str(packages), "--cache", str(tmp_path / "a-file" / "cache"))
+    assert status == 1 and "error: snapshot not written: Not a directory" in out
+
+    (packages / "more").mkdir()
+    hidden, locked = unreadable_tree(packages / "more")
+    try:
+        status, out, _ = scan(home, "--packages", str(packages), limited=True)
+        assert status == 1
+        assert f"error: {hidden}: cannot read folder: Permission denied" in out.splitlines()
+        assert f"error: {locked}: cannot read: Permission denied" in out.splitlines()
+    finally:
+        unlock(hidden)
+        unlock(locked)
+    assert os.access(hidden, os.R_OK)
