@@ -1,7 +1,7 @@
 """The command line, generated from the config schema: `spklite [COMMAND] [flags]`.
 
-Commands: serve (the default), config, version, check FILE.spk..., scan. Flags may stand before or after the
-command; gosspks' flag names and short letters work, and its cache flags are accepted and ignored.
+Commands: serve (the default), config, version, check FILE.spk..., scan, doctor [URL]. Flags may stand before or
+after the command; gosspks' flag names and short letters work, and its cache flags are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ COMMANDS = (  # name, gosspks' aliases, help
     ("version", ("v",), "print the version"),
     ("check", (), "check .spk files like a linter: exit 1 when one is rejected"),
     ("scan", (), "index the packages folder, write the snapshot, print a summary"),
+    ("doctor", (), "check a package source (default: this server) as DSM 7, 6 and 5 units see it"),
 )
 EPILOG = """\
 Every setting is also a config file key (under `spklite:`, nested by its dots) and an environment variable
@@ -136,6 +137,10 @@ def add_command_flags(name: str, sub: argparse.ArgumentParser) -> None:
     elif name == "check":
         sub.add_argument("files", nargs="+", metavar="FILE.spk", help="package files to check")
         sub.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    elif name == "doctor":
+        from spklite import doctor
+
+        doctor.add_arguments(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +270,10 @@ def run(namespace: argparse.Namespace) -> int:
         return 0
     if command == "check":
         return check(namespace.files, namespace.strict)
+    if command == "doctor":
+        from spklite.doctor import doctor_command
+
+        return doctor_command(namespace, lambda: config.load(given_flags(namespace), os.environ, create_file=False))
     # printing the config must not write files; serving and scanning write the first-run config file
     cfg = config.load(given_flags(namespace), os.environ, create_file=command != "config")
     setup_logging(cfg["log-level"])
@@ -320,10 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    without_openssl()
+    argv = sys.argv[1:] if argv is None else argv
+    if "doctor" not in argv:  # doctor checks https sources: its http.client needs TLS
+        without_openssl()
     setup_logging("warning")  # until the config says otherwise: config file warnings must show
     try:
-        args = rewrite_switches(sys.argv[1:] if argv is None else argv)
+        args = rewrite_switches(argv)
         try:
             namespace = build_parser().parse_args(args)
         except SystemExit as exc:  # --help, or a usage error argparse has already explained
