@@ -40,6 +40,7 @@ MAX_HOST = 261  # 253 for the name, 6 for ":65535", brackets
 MASKED_PARAMS = frozenset(("ds_sn",))
 ERROR_PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>{status} · spklite</title>
 <p>{status}: {message}</p><p><a href="/">The package list</a></p></html>"""
+FORM_KEY = "spklite.form"  # environ: a POST's form body as read, a WSGI (latin-1) string
 MAX_FORM_BODY = 64 << 10  # a NAS form body is ~200 bytes; a larger one counts for nothing
 MASKED_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization", "x-api-key"))
 
@@ -137,7 +138,8 @@ def request_params(environ: Dict[str, Any]) -> Dict[str, str]:
     """
     params = _parsed(environ.get("QUERY_STRING", ""))
     if environ.get("REQUEST_METHOD") == "POST":
-        params.update(_parsed(form_body(environ).decode("latin-1")))
+        form = environ[FORM_KEY] = form_body(environ).decode("latin-1")  # the access log shows it too
+        params.update(_parsed(form))
     return params
 
 
@@ -273,7 +275,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
     def health() -> Any:
         state = server.index.current
         problems = server.index.problems()
-        body = {
+        body: Dict[str, Any] = {
             "status": "degraded" if problems else "ok", "packages": len(state.records),
             "rejected": len(state.rejected),
             "watch": server.watch_mode(), "index_version": state.version,

@@ -158,6 +158,7 @@ class Index:
         # Folders that could not be read when last walked -> why (the root as ""), and those already logged.
         self.unreadable: Dict[str, str] = {}
         self._reported: Set[str] = set()
+        self.log_changes = False  # each file added, replaced, removed or rejected: once serving (not start-up)
         self._lock = threading.RLock()
         self._dirty = False
 
@@ -363,6 +364,8 @@ class Index:
     def _publish(self, records: Dict[str, Record], rejected: Dict[str, Rejected], previous: State) -> State:
         if records == previous.records and rejected == previous.rejected:
             return previous
+        if self.log_changes:
+            log_changes(previous, records, rejected)
         self.current = State(previous.version + 1, dict(sorted(records.items())), dict(sorted(rejected.items())))
         self._dirty = True
         return self.current
@@ -498,6 +501,21 @@ class Index:
             return False
         self.cache_error = None
         return True
+
+
+def log_changes(previous: State, records: Mapping[str, Record], rejected: Mapping[str, Rejected]) -> None:
+    """One line for each file that changed between two states (an operator's view of the folder's life)."""
+    for rel, record in records.items():
+        old = previous.records.get(rel)
+        if old is None or old.signature != record.signature:
+            info = record.package.info
+            log.info("%s %s: %s %s", "replaced" if old else "added", printable(rel), info["package"], info["version"])
+    for rel, found in rejected.items():
+        if previous.rejected.get(rel) != found:
+            log.warning("rejected %s: %s", printable(rel), printable(found.reason))
+    for rel in (*previous.records, *previous.rejected):
+        if rel not in records and rel not in rejected:
+            log.info("removed %s", printable(rel))
 
 
 def atomic_write(path: str, data: bytes, durable: bool = True) -> None:

@@ -14,8 +14,8 @@ import time
 import waitress
 
 from spklite import __version__, config, listener, watch
-from spklite.app import make_app
-from spklite.index import Index, open_index
+from spklite.app import FORM_KEY, make_app
+from spklite.index import Index, open_index, printable
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("spklite")
 access_log = logging.getLogger("spklite.access")
 
+START_REJECTED_SHOWN = 5
 SNAPSHOT_EVERY = 5.0  # seconds between snapshot writes at most: flash wears out
 MASK_SERIAL = re.compile(r"(?i)(ds_sn=)[^&]*")
 PLAIN = re.compile(r'[ !#-\[\]-~]*\Z')  # printable ASCII but the quote and the backslash: logged as it is
@@ -59,16 +60,22 @@ def access_logged(app: Callable[..., Any]) -> Callable[..., Any]:
 
     def logged(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")  # as received: Bottle replaces it with its decoded text
+        started = time.monotonic()
 
         def start(status: str, headers: list, exc_info: Any = None) -> Any:
-            query = MASK_SERIAL.sub(r"\1***", environ.get("QUERY_STRING", ""))
-            access_log.info(
-                '%s "%s %s%s" %s',
+            # A catalog POST's form (DSM 3-6) is logged with the query: it is where its parameters are.
+            query = "&".join(q for q in (environ.get("QUERY_STRING", ""), environ.get(FORM_KEY, "")) if q)
+            size = next((v for k, v in headers if k.lower() == "content-length"), "-")
+            (access_log.debug if path == "/health" else access_log.info)(  # probes would drown the rest
+                '%s "%s %s%s" %s %s %.1fms "%s"',
                 loggable(environ.get("REMOTE_ADDR", "-")),  # from X-Forwarded-For behind a trusted proxy
                 loggable(environ.get("REQUEST_METHOD", "-")),
                 loggable(path),
-                "?" + loggable(query) if query else "",
+                "?" + loggable(MASK_SERIAL.sub(r"\1***", query)) if query else "",
                 status.split(" ", 1)[0],
+                size,
+                (time.monotonic() - started) * 1000,  # to the answer's headers: a download's body is not in it
+                loggable(environ.get("HTTP_USER_AGENT", "-")),  # a NAS's carries its model and DSM build
             )
             return start_response(status, headers, exc_info)
 
@@ -194,6 +201,21 @@ def ensure_default_packages_folder(cfg: Mapping[str, Any]) -> None:
     log.warning("packages folder %s does not exist (yet): serving an empty catalog until it does", packages)
 
 
+def log_start(cfg: Mapping[str, Any], index: Index, watch_mode: str, seconds: float) -> None:
+    """What an operator needs first: which settings, which folders, what was found and what was not usable."""
+    state = index.current
+    used = cfg["config"] if os.path.isfile(cfg["config"]) else "none"
+    log.info("spklite %s, config file: %s", __version__, printable(used))
+    log.info("packages: %s, cache: %s, watch: %s", printable(index.root), printable(index.cache_dir), watch_mode)
+    log.info("%d packages, %d rejected (%d from snapshot, %d parsed, %.2f s)", len(state.records),
+             len(state.rejected), index.stats["from_snapshot"], index.stats["parsed"], seconds)
+    for rel, found in list(state.rejected.items())[:START_REJECTED_SHOWN]:
+        log.warning("rejected %s: %s", printable(rel), printable(found.reason))
+    if len(state.rejected) > START_REJECTED_SHOWN:
+        log.warning("and %d more rejected files: see /v1/rejected or `spklite scan`",
+                    len(state.rejected) - START_REJECTED_SHOWN)
+
+
 def serve(cfg: Mapping[str, Any]) -> int:
     # Under load waitress warns of its task queue at every request: normal for a busy server,
     # and a flood that would fill a small device's journal.
@@ -212,12 +234,9 @@ def _serve(cfg: Mapping[str, Any]) -> int:
     index.load_snapshot()
     # The watch is set before the scan, so nothing that happens during the scan is missed.
     watcher = watch.start(index, cfg["watch"], cfg["poll-interval"])
-    state = index.scan()
-    log.info(
-        "spklite %s: %d packages, %d rejected in %s (%d from snapshot, %d parsed, %.2f s), watch: %s",
-        __version__, len(state.records), len(state.rejected), index.root,
-        index.stats["from_snapshot"], index.stats["parsed"], time.monotonic() - started, watcher.mode,
-    )
+    index.scan()
+    index.log_changes = True
+    log_start(cfg, index, watcher.mode, time.monotonic() - started)
     try:
         server = waitress.create_server(access_logged(app), **waitress_options(cfg))
     except OSError as exc:
@@ -233,7 +252,8 @@ def _serve(cfg: Mapping[str, Any]) -> int:
     gc.collect()
     gc.freeze()
     gc.enable()
-    log.info("serving on http://%s:%s/", cfg["host"], server.effective_port)  # type: ignore[union-attr]
+    host = f"[{cfg['host']}]" if ":" in cfg["host"] else cfg["host"]  # an IPv6 address, as a URL has it
+    log.info("serving on http://%s:%s/", host, server.effective_port)  # type: ignore[union-attr]
     try:
         server.run()
     finally:

@@ -96,3 +96,60 @@ def test_scan_exit_status_says_whether_it_saw_everything(tmp_path: Path, package
         unlock(hidden)
         unlock(locked)
     assert os.access(hidden, os.R_OK)
+
+
+def log_lines(server: Any, needle: str) -> List[str]:
+    return [line for line in server.output().splitlines() if needle in line]
+
+
+def test_start_up_says_what_it_uses_and_what_it_could_not(packages: Path, run_server: Callable[..., Any]):
+    build_spk(packages / "ok.spk", {"package": "ok"})
+    for n in range(7):
+        (packages / f"junk{n}.spk").write_bytes(b"junk")
+    server = run_server("--packages", str(packages))
+    home = packages.parent / "home"
+    assert log_lines(server, f"config file: {home / 'config.yml'}")
+    assert log_lines(server, f"packages: {packages}, cache: {home / 'cache'}, watch: inotify")
+    assert log_lines(server, "1 packages, 7 rejected (0 from snapshot, ")
+    assert len(log_lines(server, "WARNING spklite: rejected junk")) == 5
+    assert log_lines(server, "and 2 more rejected files: see /v1/rejected")
+
+
+def test_the_log_tells_each_change_of_the_folder(packages: Path, run_server: Callable[..., Any], tmp_path: Path):
+    build_spk(packages / "a.spk", {"package": "a", "version": "1.0-1"})
+    server = run_server("--packages", str(packages))
+    assert not log_lines(server, "added a.spk")  # start-up gives counts, not one line per file
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    build_spk(staging / "b.spk", {"package": "b", "version": "2.0-1"})
+    os.rename(staging / "b.spk", packages / "b.spk")
+    assert wait_for(lambda: log_lines(server, "INFO spklite.index: added b.spk: b 2.0-1"))
+    build_spk(staging / "a.spk", {"package": "a", "version": "1.1-1"})
+    os.rename(staging / "a.spk", packages / "a.spk")
+    assert wait_for(lambda: log_lines(server, "INFO spklite.index: replaced a.spk: a 1.1-1"))
+    (staging / "bad.spk").write_bytes(b"junk")
+    os.rename(staging / "bad.spk", packages / "bad.spk")
+    assert wait_for(lambda: log_lines(server, "WARNING spklite.index: rejected bad.spk: "))
+    os.unlink(packages / "b.spk")
+    assert wait_for(lambda: log_lines(server, "INFO spklite.index: removed b.spk"))
+
+
+def test_access_lines_carry_size_time_agent_and_post_parameters(packages: Path, run_server: Callable[..., Any]):
+    import urllib.request
+
+    build_spk(packages / "a.spk", {"package": "a"})
+    server = run_server("--packages", str(packages))
+    agent = "Mozilla/5.0 (DS918+; DSM 7.2-64570)"
+    server.get("/?arch=apollolake&build=64570&ds_sn=SECRET1", headers={"User-Agent": agent})
+    form = b"arch=apollolake&build=5644&major=5&ds_sn=SECRET2"
+    urllib.request.urlopen(urllib.request.Request(server.url + "/", data=form), timeout=10).read()
+    server.get("/health")
+    assert wait_for(lambda: log_lines(server, '"POST /?'))
+    [get] = log_lines(server, '"GET /?arch')
+    assert '"GET /?arch=apollolake&build=64570&ds_sn=***" 200 ' in get and get.endswith(f'ms "{agent}"')
+    size = get.split('" 200 ')[1].split()[0]
+    assert int(size) > 100
+    [post] = log_lines(server, '"POST /?')
+    assert '"POST /?arch=apollolake&build=5644&major=5&ds_sn=***" 200' in post
+    assert "SECRET" not in server.output()
+    assert not log_lines(server, '"GET /health')  # probes are not logged at the info level
