@@ -114,6 +114,17 @@ def request_host(env: Mapping[str, str]) -> str:
     return name if port in ("80", "443") else f"{name}:{port}"
 
 
+def index_key(env: Mapping[str, str], prefix: str) -> str:
+    """The index key a download URL names ("" when the path is not under the prefix).
+
+    From the raw path: waitress unquotes it into a Latin-1 str of its bytes, and bottle's decoded
+    PATH_INFO has dropped what is not UTF-8. Keys are os.walk's names, i.e. os.fsdecode of the bytes.
+    """
+    raw = env["bottle.raw_path"].encode("latin-1", "replace")
+    head = prefix.encode() + b"/"
+    return os.fsdecode(raw[len(head):]) if raw.startswith(head) else ""
+
+
 def param_getter() -> Callable[[str], Optional[str]]:
     """Read a parameter from the query string or the form body (DSM 3/4 POST)."""
     req = bottle.request
@@ -188,11 +199,13 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
 
     # -- files ------------------------------------------------------------------
 
-    @app.route(download + "/<path:path>", method=["GET", "HEAD"])
-    def download_file(path: str) -> Any:
-        record = server.index.current.records.get(path)
+    # Any path under the prefix, newlines too: the file is found from the raw path (index_key).
+    @app.route(download + "/<:re:[\\s\\S]+>", method=["GET", "HEAD"])
+    def download_file() -> Any:
+        record = server.index.current.records.get(index_key(bottle.request.environ, download))
         if record is None:
             return error(404, "no such package file")
+        path = record.path
         response = files.send(os.path.join(server.index.root, path), record.signature, path.rsplit("/", 1)[-1])
         if response is None:  # deleted, renamed or replaced since the index was read
             return error(404, "no such package file")
