@@ -22,8 +22,6 @@ TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
     from typing import IO, Any, List, Mapping, Optional, Tuple
 
-    Version = Tuple[int, int, int, int]  # inode, mtime_ns, ctime_ns, size
-
 log = logging.getLogger(__name__)
 
 # C0 and C1 control characters: never in a header, nor in the name a browser saves under.
@@ -41,8 +39,8 @@ def send(path: str, signature: tuple, name: str) -> Any:
         fh.close()  # replaced or changed since it was indexed: the index catches up in a moment
         return None
     env = bottle.request.environ
-    version = version_of(st)
-    etag = '"%x-%x-%x-%x"' % version
+    # ctime too: a same-size copy with its mtime kept (`cp -p`) changes nothing else.
+    etag = '"%x-%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
     mtime = st.st_mtime_ns // 1_000_000_000
     headers = {
         "Content-Type": "application/octet-stream",
@@ -61,7 +59,7 @@ def send(path: str, signature: tuple, name: str) -> Any:
         return bottle.HTTPResponse("", **headers)
     ranges = wanted_ranges(env, etag, mtime, st.st_size)
     if ranges is None:
-        return bottle.HTTPResponse(Unchanged(fh, st.st_size, version, path), **headers)
+        return bottle.HTTPResponse(Unchanged(fh, st.st_size, st, path), **headers)
     if not ranges:
         fh.close()
         return bottle.HTTPResponse(status=416, **{"Content-Range": f"bytes */{st.st_size}"})
@@ -69,13 +67,7 @@ def send(path: str, signature: tuple, name: str) -> Any:
     fh.seek(start)
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{st.st_size}"
     headers["Content-Length"] = str(end - start)
-    return bottle.HTTPResponse(Unchanged(fh, end, version, path), status=206, **headers)
-
-
-def version_of(st: os.stat_result) -> Version:
-    """What names one version of a file: ctime too, as a same-size copy with its mtime kept (`cp -p`,
-    `rsync --inplace -t`) changes nothing else."""
-    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+    return bottle.HTTPResponse(Unchanged(fh, end, st, path), status=206, **headers)
 
 
 def disposition(name: str) -> str:
@@ -122,7 +114,7 @@ class FileChanged(OSError):
 
 
 class Unchanged:
-    """The open file from its position to `end`, readable only while it is the version that was opened.
+    """The open file from its position to `end`, readable only while it holds the bytes it was opened with.
 
     waitress sends a wsgi.file_wrapper from its event loop (no worker thread held): it takes the length
     from seek(0, 2) and sends what read() gives. A file truncated in place then gives nothing, and
@@ -132,8 +124,8 @@ class Unchanged:
     waitress closes the connection, the client sees a body shorter than its Content-Length.
     """
 
-    def __init__(self, fh: IO[bytes], end: int, version: Version, path: str):
-        self.fh, self.end, self.version, self.path = fh, end, version, path
+    def __init__(self, fh: IO[bytes], end: int, opened: os.stat_result, path: str):
+        self.fh, self.end, self.opened, self.path = fh, end, opened, path
         self.tell, self.close = fh.tell, fh.close
         self.changed = False
 
@@ -152,13 +144,33 @@ class Unchanged:
         if want <= 0:
             return b""
         data = self.fh.read(want)
-        # The check after the read: bytes of a new version were written after its ctime changed.
-        if len(data) < want or version_of(os.fstat(self.fh.fileno())) != self.version:
+        if len(data) < want or self.rewritten():  # after the read: a writer changes the times, then the bytes
             if not self.changed:
                 self.changed = True
                 log.warning("%r changed while it was being sent: connection closed", self.path)
             raise FileChanged(f"{self.path!r} changed while it was being sent")
         return data
+
+    def rewritten(self) -> bool:
+        """Whether the open file may now hold other bytes than those it was opened with."""
+        st, opened = os.fstat(self.fh.fileno()), self.opened
+        if st.st_size != opened.st_size or st.st_mtime_ns != opened.st_mtime_ns:
+            return True
+        if st.st_ctime_ns == opened.st_ctime_ns:
+            return False
+        # Only the ctime moved: a same-size copy with the mtime kept (`cp -p`, `rsync --inplace -t`), or
+        # what leaves the bytes alone: a rename, an atomic replacement or a deletion (the path no longer
+        # names this file), a link made, chmod, chown.
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            now = None
+        same_file = now is not None and (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev)
+        if same_file and (st.st_nlink, st.st_mode, st.st_uid, st.st_gid) == (
+                opened.st_nlink, opened.st_mode, opened.st_uid, opened.st_gid):
+            return True
+        self.opened = st  # the same bytes: later changes count from here
+        return False
 
 
 def _not_file_changed(record: logging.LogRecord) -> bool:

@@ -78,6 +78,26 @@ def test_a_file_rewritten_in_place_during_a_download_is_never_sent_mixed(run_ser
     assert len(body) < len(old)
 
 
+@pytest.mark.parametrize("change", ["replaced", "renamed", "deleted", "linked", "chmod"])
+def test_a_file_replaced_renamed_or_deleted_during_a_download_is_sent_whole(run_server, packages, big, change):
+    old = big.read_bytes()
+    server = run_server("--packages", str(packages), "--watch", "off", "--no-md5")
+    response = start_download(server.port, "/download/big.spk")
+    first = response.read(1 << 16)
+    if change == "replaced":  # atomically, as careful copy tools do: the open file keeps its bytes
+        staged = build_spk(packages.parent / "new.spk", {"package": "big"}, package_tgz=b"n" * 1000)
+        os.replace(staged, big)
+    elif change == "renamed":
+        big.rename(packages / "moved.spk")
+    elif change == "deleted":
+        big.unlink()
+    elif change == "linked":
+        os.link(big, packages / "backup.spk")
+    else:
+        big.chmod(0o600)
+    assert first + read_body(response) == old  # only its ctime changed: its bytes did not
+
+
 def test_the_etag_changes_when_a_same_size_rebuild_is_copied_in_with_its_mtime(packages, make_client):
     path = build_spk(packages / "a.spk", {"package": "a"}, package_tgz=b"1" * 5000)
     app, _ = make_client()
