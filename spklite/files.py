@@ -127,7 +127,7 @@ class Unchanged:
     def __init__(self, fh: IO[bytes], end: int, opened: os.stat_result, path: str):
         self.fh, self.end, self.opened, self.path = fh, end, opened, path
         self.tell, self.close = fh.tell, fh.close
-        self.changed = False
+        self.warned = False
 
     def seekable(self) -> bool:
         return True
@@ -145,8 +145,8 @@ class Unchanged:
             return b""
         data = self.fh.read(want)
         if len(data) < want or self.rewritten():  # after the read: a writer changes the times, then the bytes
-            if not self.changed:
-                self.changed = True
+            if not self.warned:
+                self.warned = True
                 log.warning("%r changed while it was being sent: connection closed", self.path)
             raise FileChanged(f"{self.path!r} changed while it was being sent")
         return data
