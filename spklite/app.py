@@ -129,6 +129,17 @@ def request_host(env: Mapping[str, str]) -> str:
     return name if port in ("80", "443") else f"{name}:{port}"
 
 
+def index_key(env: Mapping[str, str], prefix: str) -> str:
+    """The index key a download URL names ("" when the path is not under the prefix).
+
+    From the raw path: waitress unquotes it into a Latin-1 str of its bytes, and bottle's decoded
+    PATH_INFO has dropped what is not UTF-8. Keys are os.walk's names, i.e. os.fsdecode of the bytes.
+    """
+    raw = env["bottle.raw_path"].encode("latin-1", "replace")
+    head = prefix.encode() + b"/"
+    return os.fsdecode(raw[len(head):]) if raw.startswith(head) else ""
+
+
 def request_params(environ: Dict[str, Any]) -> Dict[str, str]:
     """The parameters of a request to "/": the query string, and for a POST its form body on top (DSM 3-6).
 
@@ -219,15 +230,22 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
 
     # -- files ------------------------------------------------------------------
 
-    @app.route(download + "/<path:path>", method=["GET", "HEAD"])
-    def download_file(path: str) -> Any:
-        record = server.index.current.records.get(path)
+    # Any path under the prefix, newlines too: the file is found from the raw path (index_key).
+    @app.route(download + "/<:re:[\\s\\S]+>", method=["GET", "HEAD"])
+    def download_file() -> Any:
+        record = server.index.current.records.get(index_key(bottle.request.environ, download))
         if record is None:
             return error(404, "no such package file")
-        response = files.send(os.path.join(server.index.root, path), record.signature, path.rsplit("/", 1)[-1])
-        if response is None:  # deleted, renamed or replaced since the index was read
-            return error(404, "no such package file")
-        return response
+        response = files.send(os.path.join(server.index.root, record.path), record.signature,
+                              record.path.rsplit("/", 1)[-1])
+        if response is None:
+            # Changed since the index read it, in a way no event has told yet (a symlink's target replaced
+            # elsewhere, the settle window, the poll interval): look again now, and serve what is there.
+            record = server.index.refresh(record.path)
+            if record is not None:
+                response = files.send(os.path.join(server.index.root, record.path), record.signature,
+                                      record.path.rsplit("/", 1)[-1])
+        return error(404, "no such package file") if response is None else response
 
     @app.route(static + "/<name>", method=["GET", "HEAD"])
     def static_file(name: str) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 
 from conftest import read_snapshot
@@ -155,3 +157,20 @@ def test_a_warm_start_shares_equal_info_texts(packages, tmp_path):
     infos = [r.package.info for r in second.current.records.values()]
     assert [info["arch"] for info in infos] == ["armv8", "noarch", "x86_64"]  # walked in name order
     assert infos[0]["description"] is infos[1]["description"] is infos[2]["description"]
+
+
+def test_the_md5_thread_does_not_open_a_fifo(packages, tmp_path):
+    path = build_spk(packages / "a.spk", {"package": "a"})
+    index = make_index(packages, tmp_path / "cache")
+    index.scan()
+    path.unlink()
+    os.mkfifo(path)
+    worker = threading.Thread(target=index.fill_md5, args=(index.pending_md5(),), daemon=True)
+    worker.start()
+    worker.join(5)
+    try:
+        assert not worker.is_alive()  # before the fix: blocked in open() for good, no md5 ever again
+    finally:
+        with contextlib.suppress(OSError):  # a reader stuck in open() (a failed test) is let go; none: ENXIO
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert index.pending_md5()  # no md5 for what is not a regular file

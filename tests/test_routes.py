@@ -221,11 +221,12 @@ def test_a_file_replaced_since_indexing_is_never_served_half_right(packages, mak
     path = build_spk(packages / "a.spk", {"package": "a", "version": "1.0-1"})
     app, index = make_client()
     newer = build_spk(tmp_path / "newer.spk", {"package": "a", "version": "2.0-1"}, package_tgz=b"x" * 5000)
-    os.replace(newer, path)  # the index has not seen it yet
-    app.get("/download/a.spk", status=404)
-    index.scan()
+    os.replace(newer, path)  # the index has not seen it yet: the download looks again, serves what is there
     res = app.get("/download/a.spk")
     assert res.body == path.read_bytes() and int(res.headers["Content-Length"]) == path.stat().st_size
+    assert index.current.records["a.spk"].package.info["version"] == "2.0-1"  # and the index knows it now
+    os.unlink(path)
+    app.get("/download/a.spk", status=404)
 
 
 def test_conditional_requests_follow_rfc_9110(two, make_client):
