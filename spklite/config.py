@@ -8,6 +8,7 @@ every value typed and validated, every path absolute. Sources, highest first: fl
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -556,12 +557,76 @@ def _locate(flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, 
     return home, config_file
 
 
+# A config or model list needs a few aliases and a few levels; an "alias bomb" of a few hundred bytes (nine
+# aliases to nine aliases to ..., nine deep) stands for a billion strings once anything walks it.
+ALIAS_NODES = 10_000  # nodes that aliases may repeat in one document
+YAML_DEPTH = 100  # levels of nesting
+
+
 def load_yaml(source: str | bytes) -> Any:
     """yaml.safe_load, through libyaml when PyYAML has it: the config file is read at every start, and the
-    pure-Python parser takes ~5 ms for it (the zipapp's PyYAML has no C module: the same answer, slower)."""
+    pure-Python parser takes ~5 ms for it (the zipapp's PyYAML has no C module: the same answer, slower).
+
+    A document whose aliases repeat more than ALIAS_NODES nodes, that refers to itself or that nests deeper than
+    YAML_DEPTH is refused with a yaml.YAMLError: PyYAML shares an aliased node instead of copying it, but json,
+    str() and every reader after it repeat it."""
     import yaml
 
-    return yaml.load(source, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    try:
+        return yaml.load(source, Loader=_safe_loader())
+    except RecursionError:  # the pure-Python composer recurses once per level
+        raise yaml.YAMLError(f"nested deeper than {YAML_DEPTH} levels") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _safe_loader() -> Any:
+    """yaml's safe loader (libyaml's when there) that checks the composed document before making objects of it."""
+    import yaml
+
+    class SafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+        def get_single_node(self) -> Any:
+            node = super().get_single_node()
+            if node is not None:
+                _check_expansion(node)
+            return node
+
+    return SafeLoader
+
+
+def _check_expansion(root: Any) -> None:
+    """Raise a YAML error when the document under `root`, its aliases expanded, is endless, nests too deep or
+    holds more than ALIAS_NODES nodes beyond its own. Each node is sized once (its children first), without
+    recursion."""
+    from yaml.composer import ComposerError
+
+    sizes: dict[int, int] = {}  # id(node) -> its nodes with aliases expanded, for the nodes sized so far
+    on_path: set[int] = set()
+    stack = [(root, 1, False)]
+    problem = ""
+    while stack and not problem:
+        node, depth, children_sized = stack.pop()
+        if children_sized:
+            on_path.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[id(node)] - len(sizes) > ALIAS_NODES:  # at most len(sizes) of them are not repeats
+                problem = f"its aliases repeat more than {ALIAS_NODES} nodes"
+        elif id(node) in on_path:
+            problem = "an alias inside its own anchor: a document without end"
+        elif depth > YAML_DEPTH:
+            problem = f"nested deeper than {YAML_DEPTH} levels"
+        elif id(node) not in sizes:
+            on_path.add(id(node))
+            stack.append((node, depth, True))
+            stack.extend((child, depth + 1, False) for child in _children(node))
+    if problem:
+        raise ComposerError(None, None, problem, node.start_mark)
+
+
+def _children(node: Any) -> list[Any]:
+    """A composed node's child nodes: a sequence's items, a mapping's keys and values, none for a scalar."""
+    if isinstance(node.value, str):
+        return []
+    return [child for item in node.value for child in (item if isinstance(item, tuple) else (item,))]
 
 
 def parsed_yaml(file_name: str, data: bytes, keep: bool) -> Any:

@@ -6,13 +6,16 @@ import hashlib
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import pytest
 import yaml
+from conftest import free_port
 from spkbuilder import build_broken, build_spk
 
 from spklite import __version__
@@ -389,3 +392,55 @@ def test_the_server_stack_is_imported_without_openssl() -> None:
     assert done.stdout.split() == [
         hashlib.md5(b"spk").hexdigest(), hashlib.sha256(b"spk").hexdigest(), "False", str(not builtin_hashes), "True"
     ]
+
+
+# Hostile settings in a real process: one line on stderr, exit 2, no traceback, no memory blow-up ############
+
+
+def alias_bomb() -> str:
+    """A "billion laughs" config file: 9 aliases to 9 aliases ..., nine deep: 9**9 strings from ~400 bytes."""
+    lines = ["spklite:", "  a: &a [" + ",".join(['"lol"'] * 9) + "]"]
+    for before, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"  {name}: &{name} [" + ",".join([f"*{before}"] * 9) + "]")
+    return "\n".join(lines) + "\n  keyrings: *i\n"
+
+
+def spklite_process(home: Path, *args: str, env: Dict[str, str] | None = None) -> Tuple[int, str, int]:
+    """Run `python -m spklite --home HOME ARGS` (2 GiB of address space at most, 30 s at most):
+    (exit status, stderr, peak RSS in KiB)."""
+    home.mkdir(exist_ok=True)
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SPKLITE_", "GOSSPKS_"))}
+    with open(home.parent / "stderr.txt", "w+") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spklite", "--home", str(home), "--port", str(free_port()), *args],
+            stdout=subprocess.DEVNULL, stderr=stderr, env={**environ, **(env or {})},
+            cwd=str(Path(__file__).parent.parent), preexec_fn=limit_memory,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"spklite {' '.join(args)} still running after 30 s")
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        stderr.seek(0)
+        return proc.returncode, stderr.read(), usage.ru_maxrss
+
+
+@pytest.mark.parametrize("command", ["serve", "config"])
+def test_an_alias_bomb_config_is_one_line_without_a_memory_blow_up(home: Path, command: str) -> None:
+    home.mkdir()
+    (home / "config.yml").write_text(alias_bomb())
+    status, err, peak_kib = spklite_process(home, command, "--host", "127.0.0.1")
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err[-2000:]
+    assert err.startswith(f"spklite: {home / 'config.yml'}: ") and "aliases" in err
+    assert peak_kib < 100 << 10  # measured ~30 MiB; before, GiBs or a MemoryError
+    assert not (home / ".config.yml.json").exists()

@@ -565,3 +565,57 @@ def test_dump_reads_back_as_the_same_config(home: Path, tmp_path: Path, fmt: str
     assert {k: v for k, v in again.items() if k != "config"} == {k: v for k, v in cfg.items() if k != "config"}
     nested = yaml.safe_load(text)["spklite"]
     assert nested["server"]["channel-timeout"] == "90s" and nested["filesystem"]["cache"] == "/srv/cache"
+
+
+# Hostile config files: alias bombs, NUL, files that never end ################################################
+
+
+def alias_bomb(levels: int, last: str = "keyrings", width: int = 9) -> str:
+    """A "billion laughs" document: each level lists the one before `width` times; `last` names the top."""
+    lines = ["spklite:", "  l0: &l0 [" + ", ".join(['"lol"'] * width) + "]"]
+    for level in range(1, levels):
+        lines.append(f"  l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * width) + "]")
+    lines.append(f"  {last}: *l{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+MERGE_BOMB = "spklite:\n  m0: &m0 {a: 1, b: 2}\n" + "".join(
+    f"  m{n}: &m{n} {{<<: [*m{n - 1}, *m{n - 1}, *m{n - 1}, *m{n - 1}], k{n}: {n}}}\n" for n in range(1, 9)
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        alias_bomb(6),  # 9**6 strings under keyrings
+        alias_bomb(6, last="colour"),  # under an unknown key: only the kept JSON would expand it
+        "spklite:\n  defaults: &d\n    maintainer: [*d]\n",  # an alias inside its own anchor: no end
+        MERGE_BOMB,  # merge keys copy what they merge
+    ],
+    ids=["list", "unknown-key", "recursive", "merge"],
+)
+def test_a_yaml_alias_bomb_is_refused_in_one_line(home: Path, text: str) -> None:
+    path = write_config(home, text)
+    message = error_of(home)
+    assert message.startswith(f"{path}: ") and "alias" in message
+    assert len(message) < 300
+    with pytest.raises(ConfigError):
+        load_in(home)  # serving: the document is refused before it is kept as JSON
+    assert not (home / ".config.yml.json").exists()
+
+
+def test_a_few_aliases_are_fine(home: Path) -> None:
+    write_config(home, "spklite:\n  defaults:\n    maintainer: &me Team\n    distributor: *me\n")
+    cfg = load_in(home)
+    assert cfg["defaults.maintainer"] == cfg["defaults.distributor"] == "Team"
+
+
+def test_an_alias_bomb_in_the_models_file_gives_the_bundled_list(tmp_path: Path) -> None:
+    from spklite.app import load_models
+
+    models = tmp_path / "models.yml"
+    models.write_text(
+        "- {model: DS-lol, platform: &p0 [lol, lol, lol, lol, lol, lol, lol, lol]}\n"
+        + "".join(f"- {{model: DS-{n}, platform: &p{n} [{', '.join([f'*p{n - 1}'] * 8)}]}}\n" for n in range(1, 7))
+    )
+    assert load_models(str(models)) == load_models("")
