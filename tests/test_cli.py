@@ -262,6 +262,14 @@ def test_unknown_config_keys_are_logged_not_fatal(run: Run, home: Path) -> None:
         (("--trusted-proxy-headers", "x-real-ip"), "server.trusted-proxy-headers"),
         (("--packages", ""), "filesystem.packages"),
         (("-H", ""), "home"),
+        (("--host", "256.1.1.1"), "host"),
+        (("--host", "nas..lan"), "host"),
+        (("--poll-interval", "999999999999d"), "poll-interval"),
+        (("--poll-interval", "inf"), "poll-interval"),
+        (("--channel-timeout", "99999999999999999999"), "server.channel-timeout"),
+        (("--max-request-body-size", "9" * 400), "server.max-request-body-size"),
+        (("--trusted-proxy", "*", "--trusted-proxy-headers", "forwarded x-forwarded-host"),
+         "server.trusted-proxy-headers"),
     ],
 )
 def test_every_bad_value_is_one_clear_line(run: Run, argv: Tuple[str, ...], key: str) -> None:
@@ -444,3 +452,52 @@ def test_an_alias_bomb_config_is_one_line_without_a_memory_blow_up(home: Path, c
     assert err.startswith(f"spklite: {home / 'config.yml'}: ") and "aliases" in err
     assert peak_kib < 100 << 10  # measured ~30 MiB; before, GiBs or a MemoryError
     assert not (home / ".config.yml.json").exists()
+
+
+PROXY_MIX_FILE = (
+    "spklite:\n  server:\n    trusted-proxy: 127.0.0.1\n    trusted-proxy-headers: [forwarded, x-forwarded-for]\n"
+)
+
+
+@pytest.mark.parametrize(
+    "args, env, text, key",
+    [
+        (("--host", "256.1.1.1"), {}, "", "host"),
+        ((), {"SPKLITE_HOST": "256.1.1.1"}, "", "host"),
+        (("--host", "127.0.0.1", "--trusted-proxy", "*", "--trusted-proxy-headers", "forwarded x-forwarded-host"),
+         {}, "", "server.trusted-proxy-headers"),
+        (("--host", "127.0.0.1"), {}, PROXY_MIX_FILE, "server.trusted-proxy-headers"),
+        (("--host", "127.0.0.1", "--watch", "poll", "--poll-interval", "999999999999d"), {}, "", "poll-interval"),
+        (("--host", "127.0.0.1", "--watch", "poll"), {"GOSSPKS_POLL_INTERVAL": "99999999999d"}, "", "poll-interval"),
+        (("--host", "127.0.0.1"), {}, "spklite:\n  watch: poll\n  poll-interval: 1.0e+16\n", "poll-interval"),
+        (("--host", "127.0.0.1", "--max-request-header-size", "9" * 400), {}, "", "server.max-request-header-size"),
+        (("--host", "127.0.0.1"), {}, 'spklite:\n  filesystem:\n    packages: "spk\\0"\n', "filesystem.packages"),
+        (("--host", "127.0.0.1", "--keyring", "/dev/zero"), {}, "", "keyrings"),
+        (("--host", "127.0.0.1", "-C", "/dev/zero"), {}, "", "config"),
+    ],
+    ids=["host-flag", "host-env", "proxy-mix-flags", "proxy-mix-file", "poll-flag", "poll-env", "poll-file",
+         "header-size", "nul-path", "keyring-device", "config-device"],
+)
+def test_settings_that_crashed_the_server_stop_it_with_one_line(
+    home: Path, args: Tuple[str, ...], env: Dict[str, str], text: str, key: str
+) -> None:
+    if text:
+        home.mkdir()
+        (home / "config.yml").write_text(text)
+    status, err, _ = spklite_process(home, *args, env=env)
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err[-2000:]
+    assert err.startswith(f"spklite: {key}: ")
+
+
+def test_extreme_but_allowed_settings_serve(run_server: Any, packages: Path) -> None:
+    build_spk(packages / "a.spk", {"package": "a", "maintainer": None})
+    server = run_server(
+        "--packages", str(packages), "--threads", "1", "--connection-limit", "3", "--watch", "poll",
+        "--poll-interval", "1d", "--channel-timeout", "1d", "--max-request-body-size", "99999999999999999G",
+        "--max-request-header-size", "1K", "--trusted-proxy", "*", "--trusted-proxy-count", "100",
+        "--trusted-proxy-headers", "forwarded", "--defaults-maintainer", "Jörg 日本 \udcff",
+    )
+    status, _, body = server.get("/?arch=apollolake&build=42661&major=7&minor=1&language=enu")
+    assert status == 200 and json.loads(body)["packages"][0]["maintainer"] == "Jörg 日本 \udcff"
+    time.sleep(1.5)  # the poll thread has waited: no overflow
+    assert server.stop() == 0 and "Traceback" not in server.output()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import pytest
 import yaml
@@ -619,3 +621,153 @@ def test_an_alias_bomb_in_the_models_file_gives_the_bundled_list(tmp_path: Path)
         + "".join(f"- {{model: DS-{n}, platform: &p{n} [{', '.join([f'*p{n - 1}'] * 8)}]}}\n" for n in range(1, 7))
     )
     assert load_models(str(models)) == load_models("")
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('spklite:\n  filesystem:\n    packages: "spk\\0files"\n', "filesystem.packages"),
+        ('spklite:\n  keyrings: ["a\\0.asc"]\n', "keyrings"),
+        ('spklite:\n  defaults:\n    maintainer: "Me\\0"\n', "defaults.maintainer"),
+        ("spklite:\n  defaults:\n    maintainer: !!binary TWU=\n", "defaults.maintainer"),
+        ('spklite:\n  host: "127.0.0.1\\0"\n', "host"),
+        ("spklite:\n  poll-interval: .inf\n", "poll-interval"),
+        ("spklite:\n  server:\n    channel-timeout: .nan\n", "server.channel-timeout"),
+        ("spklite:\n  server:\n    max-request-body-size: 1.0e+400\n", "server.max-request-body-size"),
+        (f"spklite:\n  server:\n    max-request-body-size: \"{'9' * 400}\"\n", "server.max-request-body-size"),
+        (f"spklite:\n  port: {'9' * 400}\n", "port"),
+    ],
+)
+def test_odd_values_in_the_file_are_one_line_naming_the_setting(home: Path, text: str, key: str) -> None:
+    write_config(home, text)
+    message = error_of(home)
+    assert message.startswith(f"{key}: ") and "is not allowed: " in message
+
+
+def test_a_models_path_that_is_not_a_file_gives_the_bundled_list(home: Path) -> None:
+    assert load_in(home, {"filesystem.models": "/dev/zero"}, create_file=False)["filesystem.models"] == ""
+
+
+# Settings that passed validation and then crashed the server ##############################################
+
+
+@pytest.mark.parametrize(
+    "raw, host", [("::", "::"), ("[::1]", "::1"), ("127.0.0.1", "127.0.0.1"), ("localhost", "localhost")]
+)
+def test_hosts_that_bind(home: Path, raw: str, host: str) -> None:
+    assert load_in(home, {"host": raw}, create_file=False)["host"] == host  # localhost: from /etc/hosts
+
+
+@pytest.mark.parametrize("raw", ["256.1.1.1", "1.2.3.4.5", "-1", "nas..lan", "-nas", "nås.lan", "a" * 64 + ".lan", "*"])
+def test_hosts_that_are_neither_addresses_nor_names_are_refused_without_a_lookup(
+    home: Path, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    real = socket.getaddrinfo
+
+    def numeric_only(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        assert kwargs.get("flags", 0) & socket.AI_NUMERICHOST, f"looked up {host!r}"
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", numeric_only)
+    assert error_of(home, {"host": raw}).startswith("host: ")
+
+
+def fake_resolver(monkeypatch: pytest.MonkeyPatch, answer: Callable[..., Any]) -> None:
+    """getaddrinfo answering host names with `answer(host, port, ...)`: no DNS in tests. Addresses as they are."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            real(host, None, flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            if not kwargs.get("flags", 0) & socket.AI_NUMERICHOST:  # a lookup: the fake answers
+                return answer(host, *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_host_name_that_does_not_resolve_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unknown(host: str, *args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    fake_resolver(monkeypatch, unknown)
+    message = error_of(home, {"host": "nas.example"})
+    assert message.startswith("host: 'nas.example' is not allowed: ") and "resolves" in message
+
+
+def test_a_host_name_lookup_that_hangs_is_refused_in_bounded_time(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(3)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    fake_resolver(monkeypatch, hanging)
+    monkeypatch.setattr(config, "HOST_LOOKUP_SECONDS", 0.2)
+    started = time.monotonic()
+    assert error_of(home, environ={"SPKLITE_HOST": "slow.example"}).startswith("host: 'slow.example'")
+    assert time.monotonic() - started < 2
+
+
+def test_a_host_name_that_resolves_is_kept(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_resolver(monkeypatch, lambda host, *args, **kwargs: socket.getaddrinfo("127.0.0.1", *args, **kwargs))
+    assert load_in(home, {"host": "nas.example"}, create_file=False)["host"] == "nas.example"
+
+
+@pytest.mark.parametrize(
+    "key, raw",
+    [
+        ("poll-interval", "999999999999d"),  # threading's wait overflowed every second
+        ("poll-interval", "25h"),
+        ("server.channel-timeout", "99999999999999999999"),
+        ("server.channel-timeout", "2d"),
+        ("server.max-request-body-size", "9" * 400),  # float: inf, int(): OverflowError
+        ("server.max-request-header-size", "9" * 400 + "G"),
+        ("server.threads", "9" * 5000),
+        ("port", "-0"),
+        ("server.connection-limit", "2"),  # waitress' own two channels fill it: nothing is ever accepted
+        ("defaults.maintainer", "Me\0"),
+        ("keyrings", "a.asc\0"),
+    ],
+)
+def test_extreme_values_are_one_line_naming_the_setting(home: Path, key: str, raw: str) -> None:
+    assert error_of(home, {key: raw}).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"server.trusted-proxy": "*", "server.trusted-proxy-headers": "forwarded x-forwarded-host"},
+        {"server.trusted-proxy": "10.0.0.1", "server.trusted-proxy-headers": ["x-forwarded-for", "forwarded"]},
+    ],
+)
+def test_waitress_rules_across_settings_are_checked_when_loading(home: Path, flags: Dict[str, Any]) -> None:
+    message = error_of(home, flags)
+    assert message.startswith("server.trusted-proxy-headers: '") and "Forwarded" in message
+
+
+def test_the_longest_allowed_durations(home: Path) -> None:
+    cfg = load_in(home, {"poll-interval": "1d", "server.channel-timeout": "24h"}, create_file=False)
+    assert cfg["poll-interval"] == cfg["server.channel-timeout"] == 86400
+
+
+def test_a_config_file_that_never_ends_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, {"config": "/dev/zero"})
+    assert message == "config: '/dev/zero' is not allowed: a YAML file of at most 1MiB"
+
+
+def test_a_keyring_that_never_ends_is_refused(home: Path) -> None:
+    cfg = load_in(home, {"keyrings": ["/dev/zero"]}, create_file=False)
+    with pytest.raises(ConfigError, match=r"^keyrings: '/dev/zero' is not allowed: a file of at most 1MiB"):
+        config.keyring_texts(cfg)
+
+
+@pytest.mark.parametrize("text", [alias_bomb(6), "a: &a [*a]\n", "[" * 5000 + "]" * 5000])
+def test_the_pure_python_parser_refuses_the_same(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """The zipapp's PyYAML has no libyaml; its composer recurses once per level of nesting."""
+    monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
+    config._safe_loader.cache_clear()
+    try:
+        with pytest.raises(yaml.YAMLError):
+            config.load_yaml(text)
+    finally:
+        config._safe_loader.cache_clear()
