@@ -68,13 +68,19 @@ class Kind(namedtuple("Kind", "parse allowed metavar show shape", defaults=("TEX
 
 
 def _text(raw: Any) -> str:
-    """A scalar as text; YAML may have turned `hostname: 1234` into an int. No NUL: no path, name or header
-    can hold one (a YAML "\\0" escape would fail later, in os or socket calls)."""
+    """A scalar as text; YAML may have turned `hostname: 1234` into an int."""
     if isinstance(raw, (dict, list, tuple, bool, bytes)) or raw is None:
         raise TypeError(raw)
-    value = str(raw).strip()
+    return _printable(str(raw).strip())
+
+
+def _printable(value: str) -> str:
+    """Text that the config file can hold: no NUL (no path or name can; a YAML "\\0" escape would fail later in
+    os calls), no bytes that are not UTF-8 (a flag or variable's, kept as surrogates: YAML cannot write them, so
+    the first-run file would not read back)."""
     if "\0" in value:
-        raise ValueError(raw)
+        raise ValueError(value)
+    value.encode("utf-8")  # UnicodeEncodeError, a ValueError, for surrogates
     return value
 
 
@@ -266,9 +272,7 @@ def string_list(split: Callable[[str], list[str]], item_ok: Callable[[str], bool
         for piece in pieces:
             if not isinstance(piece, str):
                 raise TypeError(piece)
-            if "\0" in piece:  # no file name or key holds one
-                raise ValueError(piece)
-            for item in split(piece):
+            for item in split(_printable(piece)):
                 if item not in items:  # the same key or file twice is sent once
                     items.append(item)
         if not all(item_ok(item) for item in items):
@@ -564,8 +568,8 @@ HOME_RELATIVE = ("filesystem.packages", "filesystem.cache", "filesystem.models")
 
 
 def _shown(raw: Any) -> str:
-    """The bad value as the user wrote it, on one short line."""
-    value = " ".join(str(raw).split())
+    """The bad value as the user wrote it, on one short line; bytes that are not UTF-8 as escapes."""
+    value = " ".join(str(raw).encode("utf-8", "backslashreplace").decode("utf-8").split())
     return "'" + (value if len(value) <= 60 else value[:57] + "...") + "'"
 
 

@@ -279,6 +279,15 @@ def test_every_bad_value_is_one_clear_line(run: Run, argv: Tuple[str, ...], key:
     assert err.startswith(f"spklite: {key}: '") and "is not allowed: " in err
 
 
+def test_bytes_that_are_not_utf8_are_refused_before_the_first_run_file_is_written(run: Run, home: Path) -> None:
+    """A flag's undecodable bytes (surrogates in Python) cannot be written as YAML: the first-run file would
+    not read back, and the next start would fail."""
+    status, _, err = run("-H", str(home), "scan", "--defaults-maintainer", "J\udcf6rg")
+    assert status == 2 and err.startswith("spklite: defaults.maintainer: 'J\\udcf6rg' is not allowed")
+    assert not (home / "config.yml").exists()
+    assert run("-H", str(home), "config")[0] == 0
+
+
 def test_a_bad_environment_value_says_where_it_came_from(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPKLITE_SERVER_CHANNEL_TIMEOUT", "forever")
     status, _, err = run("config")
@@ -495,9 +504,9 @@ def test_extreme_but_allowed_settings_serve(run_server: Any, packages: Path) -> 
         "--packages", str(packages), "--threads", "1", "--connection-limit", "3", "--watch", "poll",
         "--poll-interval", "1d", "--channel-timeout", "1d", "--max-request-body-size", "99999999999999999G",
         "--max-request-header-size", "1K", "--trusted-proxy", "*", "--trusted-proxy-count", "100",
-        "--trusted-proxy-headers", "forwarded", "--defaults-maintainer", "Jörg 日本 \udcff",
+        "--trusted-proxy-headers", "forwarded", "--defaults-maintainer", "Jörg 日本",
     )
     status, _, body = server.get("/?arch=apollolake&build=42661&major=7&minor=1&language=enu")
-    assert status == 200 and json.loads(body)["packages"][0]["maintainer"] == "Jörg 日本 \udcff"
+    assert status == 200 and json.loads(body)["packages"][0]["maintainer"] == "Jörg 日本"
     time.sleep(1.5)  # the poll thread has waited: no overflow
     assert server.stop() == 0 and "Traceback" not in server.output()

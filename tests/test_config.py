@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -771,3 +772,57 @@ def test_the_pure_python_parser_refuses_the_same(monkeypatch: pytest.MonkeyPatch
             config.load_yaml(text)
     finally:
         config._safe_loader.cache_clear()
+
+
+ODD_VALUES = [
+    "", " ", "0", "-1", "1", "+5", "1.5", ".5", "1e3", "0x10", "1_000", "999999999999999999999999", "9" * 400,
+    "9" * 5000, "nan", "inf", "-inf", "1e309", "999999999999d", "99999999999999999G", "é", "日本語", "\udcff",
+    "\t", "*", "::", "[::]", "256.1.1.1", "localhost", "nas.example", "forwarded x-forwarded-host", "a" * 5000,
+]  # fmt: skip
+ODD_YAML = [
+    ".nan", ".inf", "-.inf", "1.0e+400", "9" * 30, "-5", "0", "null", "true", "[]", "{}", "[1, 2]", "{a: 1}",
+    '"a\\0b"', "!!binary aGVsbG8=", "2024-01-02", "0x1F", "1:20", '"é"', "[[a]]", "'\\t'", "!!float 1e999",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", [s.key for s in config.SCHEMA])
+def test_odd_values_from_every_source_are_taken_or_refused_in_one_line(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """Every setting x odd values x flags, environment and file: one line naming the setting, or a value that
+    waitress takes (load checks that) and that `spklite config` prints back as the same setting."""
+
+    def names(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "localhost":
+            return socket.getaddrinfo("127.0.0.1", *args, **kwargs)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    fake_resolver(monkeypatch, names)
+    setting = config.BY_KEY[key]
+    *sections, leaf = key.split(".")
+    nesting = "".join(f"{'  ' * (depth + 1)}{section}:\n" for depth, section in enumerate(sections))
+    sources: list[tuple[dict[str, Any], dict[str, str], str]] = []
+    for value in ODD_VALUES:
+        sources.append(({key: value}, {}, ""))
+        sources.append(({}, {setting.env_names[0]: value}, ""))
+        if not setting.meta and "\udcff" not in value:
+            sources.append(({}, {}, f"{json.dumps(value)}"))
+    if not setting.meta:
+        sources.extend(({}, {}, text) for text in ODD_YAML)
+    for flags, environ, scalar in sources:
+        config_file = write_config(home, f"spklite:\n{nesting}{'  ' * (len(sections) + 1)}{leaf}: {scalar}\n")
+        if not scalar:
+            config_file.unlink()
+        try:
+            cfg = load_in(home, flags, environ, create_file=False)
+        except ConfigError as exc:
+            message = str(exc)
+            assert "\n" not in message, message
+            # the home names the config file: a home of 5,000 characters is a config file that cannot be read
+            assert message.startswith((f"{key}: ", f"{config_file}: ", "config: ")), (flags, environ, scalar, message)
+            continue
+        dumped = tmp_path / "dumped.yml"
+        dumped.write_text(config.dump(cfg), encoding="utf-8", errors="surrogateescape")
+        again = load_in(home, {"config": str(dumped)}, create_file=False)
+        if not setting.meta:
+            assert again[key] == cfg[key], (flags, environ, scalar)
