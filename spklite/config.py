@@ -8,6 +8,7 @@ every value typed and validated, every path absolute. Sources, highest first: fl
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ GOSSPKS_TOP_KEY = "gosspks"
 ENV_PREFIXES = ("SPKLITE_", "GOSSPKS_")
 CONFIG_NAME = "config.yml"
 GOSSPKS_CONFIG_NAME = "gosspks.yml"  # what gosspks really wrote into its home (its --help said config.yml)
+MAX_FILE_BYTES = 1 << 20  # config files and keyrings hold a few KiB: more is a wrong path (/dev/zero, say)
 # gosspks sections that have no meaning any more: the index is live (no TTL) and CORS headers are always sent.
 IGNORED_GOSSPKS_SECTIONS = ("cache", "cors")
 RESERVED_PREFIXES = ("v1", "about", "health", "getlist")  # first path segments the app routes itself
@@ -67,9 +69,19 @@ class Kind(namedtuple("Kind", "parse allowed metavar show shape", defaults=("TEX
 
 def _text(raw: Any) -> str:
     """A scalar as text; YAML may have turned `hostname: 1234` into an int."""
-    if isinstance(raw, (dict, list, tuple, bool)) or raw is None:
+    if isinstance(raw, (dict, list, tuple, bool, bytes)) or raw is None:
         raise TypeError(raw)
-    return str(raw).strip()
+    return _printable(str(raw).strip())
+
+
+def _printable(value: str) -> str:
+    """Text that the config file can hold: no NUL (no path or name can; a YAML "\\0" escape would fail later in
+    os calls), no bytes that are not UTF-8 (a flag or variable's, kept as surrogates: YAML cannot write them, so
+    the first-run file would not read back)."""
+    if "\0" in value:
+        raise ValueError(value)
+    value.encode("utf-8")  # UnicodeEncodeError, a ValueError, for surrogates
+    return value
 
 
 def integer(lo: int, hi: int) -> Kind:
@@ -172,10 +184,11 @@ PREFIX = Kind(
 )
 
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DAY = 86400  # the longest wait a setting may ask for: threading's waits overflow on absurd ones
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 
 
-def duration(minimum: float) -> Kind:
+def duration(minimum: float, maximum: float) -> Kind:
     """Seconds: a plain number, or parts with units like 90s, 1.5m, 1h30m, 1d."""
 
     def parse(raw: Any) -> float:
@@ -190,11 +203,14 @@ def duration(minimum: float) -> Kind:
                 seconds = sum(float(n) * DURATION_UNITS[u] for n, u in parts)
             else:
                 raise ValueError(raw)
-        if not math.isfinite(seconds) or seconds < minimum:
+        if not math.isfinite(seconds) or not minimum <= seconds <= maximum:
             raise ValueError(raw)
         return seconds
 
-    allowed = f"a duration such as 2s, 1.5m, 1h or 1d (a plain number is seconds), at least {show_duration(minimum)}"
+    allowed = (
+        "a duration such as 2s, 1.5m, 1h or 1d (a plain number is seconds), "
+        f"from {show_duration(minimum)} to {show_duration(maximum)}"
+    )
     return Kind(parse, allowed, "DURATION", show_duration)
 
 
@@ -223,7 +239,10 @@ def size(minimum: int) -> Kind:
             match = re.fullmatch(rf"({_NUMBER})\s*([a-z]*)", _text(raw).lower())
             if not match or match.group(2) not in SIZE_UNITS:
                 raise ValueError(raw)
-            number = int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+            scaled = float(match.group(1)) * SIZE_UNITS[match.group(2)]
+            if not math.isfinite(scaled):  # 400 digits: float says inf
+                raise ValueError(raw)
+            number = int(scaled)
         if number < minimum:
             raise ValueError(raw)
         return number
@@ -253,7 +272,7 @@ def string_list(split: Callable[[str], list[str]], item_ok: Callable[[str], bool
         for piece in pieces:
             if not isinstance(piece, str):
                 raise TypeError(piece)
-            for item in split(piece):
+            for item in split(_printable(piece)):
                 if item not in items:  # the same key or file twice is sent once
                     items.append(item)
         if not all(item_ok(item) for item in items):
@@ -328,8 +347,46 @@ class Setting(namedtuple("Setting", "key default kind help group aliases file_al
         return [prefix + name.replace(".", "_").replace("-", "_").upper() for prefix in ENV_PREFIXES for name in names]
 
 
-BIND_ADDRESS = text(
-    r"[A-Za-z0-9._:-]+", "an IP address or host name to bind to", "ADDRESS", lambda v: v.strip("[]"), True
+HOST_LOOKUP_SECONDS = 5.0  # a host name to bind must resolve this soon: a resolver that hangs would hang the start
+# A host name (RFC 1123): labels of letters, digits and inner hyphens, the last one not all digits (256.1.1.1 is
+# no name: it is refused without asking a resolver).
+HOST_NAME = r"(?=.{1,253}\.?$)((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?=[0-9-]*[A-Za-z])(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.?"
+
+
+def _parse_bind_address(raw: Any) -> str:
+    """An IP address as waitress binds it (getaddrinfo's numeric forms), or a host name that resolves."""
+    import socket
+
+    host = _text(raw).strip("[]")
+    try:
+        socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+        return host
+    except (OSError, UnicodeError):
+        pass
+    if not re.fullmatch(HOST_NAME, host):
+        raise ValueError(raw)
+    import threading
+
+    resolved: list[bool] = []
+
+    def look_up() -> None:
+        try:
+            resolved.append(bool(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)))
+        except (OSError, UnicodeError):
+            resolved.append(False)
+
+    lookup = threading.Thread(target=look_up, name="spklite-host-lookup", daemon=True)  # left behind if it hangs
+    lookup.start()
+    lookup.join(HOST_LOOKUP_SECONDS)
+    if resolved != [True]:
+        raise ValueError(raw)
+    return host
+
+
+BIND_ADDRESS = Kind(
+    _parse_bind_address,
+    f"an IP address such as 0.0.0.0 or ::, or a host name that resolves (within {HOST_LOOKUP_SECONDS:g} s)",
+    "ADDRESS",
 )
 URL_HOST = text(
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?(/[^\s?#]*)?",
@@ -430,7 +487,7 @@ SCHEMA: tuple[Setting, ...] = (
         "how changes in the packages folder are noticed",
         INDEX,
     ),
-    Setting("poll-interval", 2, duration(0.1), "time between folder scans when polling", INDEX),
+    Setting("poll-interval", 2, duration(0.1, DAY), "time between folder scans when polling", INDEX),
     Setting("follow-symlinks", False, BOOLEAN, "serve symlinks that point outside the packages folder", INDEX),
     Setting(
         "keyrings",
@@ -447,13 +504,18 @@ SCHEMA: tuple[Setting, ...] = (
     Setting(
         "server.connection-limit",
         500,  # idle keep-alive clients count too: 100 (waitress' default) is easily reached
-        integer(1, 100000),
+        integer(3, 100000),  # waitress counts its listening socket and wake-up pipe: with 2 it never accepts
         "most simultaneous connections",
         TUNING,
         ("--connection-limit",),
     ),
     Setting(
-        "server.channel-timeout", 120, duration(1), "close a connection idle this long", TUNING, ("--channel-timeout",)
+        "server.channel-timeout",
+        120,
+        duration(1, DAY),
+        "close a connection idle this long",
+        TUNING,
+        ("--channel-timeout",),
     ),
     Setting(
         "server.trusted-proxy",
@@ -506,8 +568,8 @@ HOME_RELATIVE = ("filesystem.packages", "filesystem.cache", "filesystem.models")
 
 
 def _shown(raw: Any) -> str:
-    """The bad value as the user wrote it, on one short line."""
-    value = " ".join(str(raw).split())
+    """The bad value as the user wrote it, on one short line; bytes that are not UTF-8 as escapes."""
+    value = " ".join(str(raw).encode("utf-8", "backslashreplace").decode("utf-8").split())
     return "'" + (value if len(value) <= 60 else value[:57] + "...") + "'"
 
 
@@ -556,12 +618,76 @@ def _locate(flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, 
     return home, config_file
 
 
+# A config or model list needs a few aliases and a few levels; an "alias bomb" of a few hundred bytes (nine
+# aliases to nine aliases to ..., nine deep) stands for a billion strings once anything walks it.
+ALIAS_NODES = 10_000  # nodes that aliases may repeat in one document
+YAML_DEPTH = 100  # levels of nesting
+
+
 def load_yaml(source: str | bytes) -> Any:
     """yaml.safe_load, through libyaml when PyYAML has it: the config file is read at every start, and the
-    pure-Python parser takes ~5 ms for it (the zipapp's PyYAML has no C module: the same answer, slower)."""
+    pure-Python parser takes ~5 ms for it (the zipapp's PyYAML has no C module: the same answer, slower).
+
+    A document whose aliases repeat more than ALIAS_NODES nodes, that refers to itself or that nests deeper than
+    YAML_DEPTH is refused with a yaml.YAMLError: PyYAML shares an aliased node instead of copying it, but json,
+    str() and every reader after it repeat it."""
     import yaml
 
-    return yaml.load(source, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    try:
+        return yaml.load(source, Loader=_safe_loader())
+    except RecursionError:  # the pure-Python composer recurses once per level
+        raise yaml.YAMLError(f"nested deeper than {YAML_DEPTH} levels") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _safe_loader() -> Any:
+    """yaml's safe loader (libyaml's when there) that checks the composed document before making objects of it."""
+    import yaml
+
+    class SafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+        def get_single_node(self) -> Any:
+            node = super().get_single_node()
+            if node is not None:
+                _check_expansion(node)
+            return node
+
+    return SafeLoader
+
+
+def _check_expansion(root: Any) -> None:
+    """Raise a YAML error when the document under `root`, its aliases expanded, is endless, nests too deep or
+    holds more than ALIAS_NODES nodes beyond its own. Each node is sized once (its children first), without
+    recursion."""
+    from yaml.composer import ComposerError
+
+    sizes: dict[int, int] = {}  # id(node) -> its nodes with aliases expanded, for the nodes sized so far
+    on_path: set[int] = set()
+    stack = [(root, 1, False)]
+    problem = ""
+    while stack and not problem:
+        node, depth, children_sized = stack.pop()
+        if children_sized:
+            on_path.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[id(node)] - len(sizes) > ALIAS_NODES:  # at most len(sizes) of them are not repeats
+                problem = f"its aliases repeat more than {ALIAS_NODES} nodes"
+        elif id(node) in on_path:
+            problem = "an alias inside its own anchor: a document without end"
+        elif depth > YAML_DEPTH:
+            problem = f"nested deeper than {YAML_DEPTH} levels"
+        elif id(node) not in sizes:
+            on_path.add(id(node))
+            stack.append((node, depth, True))
+            stack.extend((child, depth + 1, False) for child in _children(node))
+    if problem:
+        raise ComposerError(None, None, problem, node.start_mark)
+
+
+def _children(node: Any) -> list[Any]:
+    """A composed node's child nodes: a sequence's items, a mapping's keys and values, none for a scalar."""
+    if isinstance(node.value, str):
+        return []
+    return [child for item in node.value for child in (item if isinstance(item, tuple) else (item,))]
 
 
 def parsed_yaml(file_name: str, data: bytes, keep: bool) -> Any:
@@ -613,11 +739,13 @@ def read_file(file_name: str, keep_parsed: bool) -> dict[str, Any] | None:
     With `keep_parsed`, the parsed document is kept beside the file for the next start (`parsed_yaml`)."""
     try:
         with open(file_name, "rb") as stream:
-            data = stream.read()
+            data = stream.read(MAX_FILE_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):  # a home under a file has no config either
         return None
     except OSError as exc:
         raise ConfigError(f"config: cannot read '{file_name}': {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"config: '{file_name}' is not allowed: a YAML file of at most {show_size(MAX_FILE_BYTES)}")
     document = parsed_yaml(file_name, data, keep_parsed)
     if document is None:
         return {}
@@ -680,9 +808,11 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str], *, create_file: b
             cfg[key] = _absolute(cfg[key], home)
     cfg["keyrings"] = [k if is_armoured(k) else _absolute(k, home) for k in cfg["keyrings"]]
     _check_together(cfg)
-    if cfg["filesystem.models"] and not os.path.exists(cfg["filesystem.models"]):
+    _check_waitress(cfg)
+    if cfg["filesystem.models"] and not os.path.isfile(cfg["filesystem.models"]):
         # gosspks' config always names a models.yml it downloaded itself; without it the bundled list serves
-        log.warning("filesystem.models: '%s' does not exist, using the bundled model list", cfg["filesystem.models"])
+        # (and a device such as /dev/zero would never end)
+        log.warning("filesystem.models: '%s' is not a file, using the bundled model list", cfg["filesystem.models"])
         cfg["filesystem.models"] = ""
     if from_file is None and create_file:
         _write_first_run(cfg)
@@ -698,6 +828,23 @@ def _check_together(cfg: Mapping[str, Any]) -> None:
         if static == BY_KEY["router.static"].default:
             key, value, other = ("router.download", download, "router.static")
         raise ConfigError(f"{key}: '{value}' is not allowed: a prefix apart from {other} ('{cfg[other]}')")
+
+
+def _check_waitress(cfg: Mapping[str, Any]) -> None:
+    """waitress' own rules across its options, applied to the options the server will give it: a bad mix (the
+    Forwarded header trusted with X-Forwarded-* ones) is one line now, not a traceback once the index is loaded."""
+    from waitress.adjustments import Adjustments
+
+    from spklite.server import waitress_options
+
+    try:
+        Adjustments(**waitress_options(cfg))
+    except ValueError as exc:  # host and port passed their own checks: what is left is about proxy headers
+        key = "server.trusted-proxy-headers" if "header" in str(exc) else "host"
+        value = cfg[key]
+        raise ConfigError(
+            f"{key}: {_shown(' '.join(value) if isinstance(value, list) else value)} is not allowed: {exc}"
+        ) from None
 
 
 def _write_first_run(cfg: Mapping[str, Any]) -> None:
@@ -772,15 +919,16 @@ def keyring_texts(cfg: Mapping[str, Any]) -> list[str]:
             continue
         try:
             with open(entry, encoding="utf-8") as stream:
-                blocks = re.findall(ARMOUR, stream.read())
+                data = stream.read(MAX_FILE_BYTES + 1)  # characters: enough to tell a key file from a device
+            blocks = re.findall(ARMOUR, data) if len(data) <= MAX_FILE_BYTES else []
         except OSError as exc:
             raise ConfigError(f"keyrings: cannot read '{entry}': {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             blocks = []
         if not blocks:
             raise ConfigError(
-                f"keyrings: '{entry}' is not allowed: a file holding an ASCII-armoured public key "
-                "(gpg --armor --export KEY)"
+                f"keyrings: '{entry}' is not allowed: a file of at most {show_size(MAX_FILE_BYTES)} holding an "
+                "ASCII-armoured public key (gpg --armor --export KEY)"
             )
         texts.extend(blocks)
     return texts

@@ -6,13 +6,16 @@ import hashlib
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import pytest
 import yaml
+from conftest import free_port
 from spkbuilder import build_broken, build_spk
 
 from spklite import __version__
@@ -259,6 +262,14 @@ def test_unknown_config_keys_are_logged_not_fatal(run: Run, home: Path) -> None:
         (("--trusted-proxy-headers", "x-real-ip"), "server.trusted-proxy-headers"),
         (("--packages", ""), "filesystem.packages"),
         (("-H", ""), "home"),
+        (("--host", "256.1.1.1"), "host"),
+        (("--host", "nas..lan"), "host"),
+        (("--poll-interval", "999999999999d"), "poll-interval"),
+        (("--poll-interval", "inf"), "poll-interval"),
+        (("--channel-timeout", "99999999999999999999"), "server.channel-timeout"),
+        (("--max-request-body-size", "9" * 400), "server.max-request-body-size"),
+        (("--trusted-proxy", "*", "--trusted-proxy-headers", "forwarded x-forwarded-host"),
+         "server.trusted-proxy-headers"),
     ],
 )
 def test_every_bad_value_is_one_clear_line(run: Run, argv: Tuple[str, ...], key: str) -> None:
@@ -266,6 +277,15 @@ def test_every_bad_value_is_one_clear_line(run: Run, argv: Tuple[str, ...], key:
     assert status == 2 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"spklite: {key}: '") and "is not allowed: " in err
+
+
+def test_bytes_that_are_not_utf8_are_refused_before_the_first_run_file_is_written(run: Run, home: Path) -> None:
+    """A flag's undecodable bytes (surrogates in Python) cannot be written as YAML: the first-run file would
+    not read back, and the next start would fail."""
+    status, _, err = run("-H", str(home), "scan", "--defaults-maintainer", "J\udcf6rg")
+    assert status == 2 and err.startswith("spklite: defaults.maintainer: 'J\\udcf6rg' is not allowed")
+    assert not (home / "config.yml").exists()
+    assert run("-H", str(home), "config")[0] == 0
 
 
 def test_a_bad_environment_value_says_where_it_came_from(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -389,3 +409,104 @@ def test_the_server_stack_is_imported_without_openssl() -> None:
     assert done.stdout.split() == [
         hashlib.md5(b"spk").hexdigest(), hashlib.sha256(b"spk").hexdigest(), "False", str(not builtin_hashes), "True"
     ]
+
+
+# Hostile settings in a real process: one line on stderr, exit 2, no traceback, no memory blow-up ############
+
+
+def alias_bomb() -> str:
+    """A "billion laughs" config file: 9 aliases to 9 aliases ..., nine deep: 9**9 strings from ~400 bytes."""
+    lines = ["spklite:", "  a: &a [" + ",".join(['"lol"'] * 9) + "]"]
+    for before, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"  {name}: &{name} [" + ",".join([f"*{before}"] * 9) + "]")
+    return "\n".join(lines) + "\n  keyrings: *i\n"
+
+
+def spklite_process(home: Path, *args: str, env: Dict[str, str] | None = None) -> Tuple[int, str, int]:
+    """Run `python -m spklite --home HOME ARGS` (2 GiB of address space at most, 30 s at most):
+    (exit status, stderr, peak RSS in KiB)."""
+    home.mkdir(exist_ok=True)
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SPKLITE_", "GOSSPKS_"))}
+    with open(home.parent / "stderr.txt", "w+") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spklite", "--home", str(home), "--port", str(free_port()), *args],
+            stdout=subprocess.DEVNULL, stderr=stderr, env={**environ, **(env or {})},
+            cwd=str(Path(__file__).parent.parent), preexec_fn=limit_memory,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"spklite {' '.join(args)} still running after 30 s")
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        stderr.seek(0)
+        return proc.returncode, stderr.read(), usage.ru_maxrss
+
+
+@pytest.mark.parametrize("command", ["serve", "config"])
+def test_an_alias_bomb_config_is_one_line_without_a_memory_blow_up(home: Path, command: str) -> None:
+    home.mkdir()
+    (home / "config.yml").write_text(alias_bomb())
+    status, err, peak_kib = spklite_process(home, command, "--host", "127.0.0.1")
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err[-2000:]
+    assert err.startswith(f"spklite: {home / 'config.yml'}: ") and "aliases" in err
+    assert peak_kib < 100 << 10  # measured ~30 MiB; before, GiBs or a MemoryError
+    assert not (home / ".config.yml.json").exists()
+
+
+PROXY_MIX_FILE = (
+    "spklite:\n  server:\n    trusted-proxy: 127.0.0.1\n    trusted-proxy-headers: [forwarded, x-forwarded-for]\n"
+)
+
+
+@pytest.mark.parametrize(
+    "args, env, text, key",
+    [
+        (("--host", "256.1.1.1"), {}, "", "host"),
+        ((), {"SPKLITE_HOST": "256.1.1.1"}, "", "host"),
+        (("--host", "127.0.0.1", "--trusted-proxy", "*", "--trusted-proxy-headers", "forwarded x-forwarded-host"),
+         {}, "", "server.trusted-proxy-headers"),
+        (("--host", "127.0.0.1"), {}, PROXY_MIX_FILE, "server.trusted-proxy-headers"),
+        (("--host", "127.0.0.1", "--watch", "poll", "--poll-interval", "999999999999d"), {}, "", "poll-interval"),
+        (("--host", "127.0.0.1", "--watch", "poll"), {"GOSSPKS_POLL_INTERVAL": "99999999999d"}, "", "poll-interval"),
+        (("--host", "127.0.0.1"), {}, "spklite:\n  watch: poll\n  poll-interval: 1.0e+16\n", "poll-interval"),
+        (("--host", "127.0.0.1", "--max-request-header-size", "9" * 400), {}, "", "server.max-request-header-size"),
+        (("--host", "127.0.0.1"), {}, 'spklite:\n  filesystem:\n    packages: "spk\\0"\n', "filesystem.packages"),
+        (("--host", "127.0.0.1", "--keyring", "/dev/zero"), {}, "", "keyrings"),
+        (("--host", "127.0.0.1", "-C", "/dev/zero"), {}, "", "config"),
+    ],
+    ids=["host-flag", "host-env", "proxy-mix-flags", "proxy-mix-file", "poll-flag", "poll-env", "poll-file",
+         "header-size", "nul-path", "keyring-device", "config-device"],
+)
+def test_settings_that_crashed_the_server_stop_it_with_one_line(
+    home: Path, args: Tuple[str, ...], env: Dict[str, str], text: str, key: str
+) -> None:
+    if text:
+        home.mkdir()
+        (home / "config.yml").write_text(text)
+    status, err, _ = spklite_process(home, *args, env=env)
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err[-2000:]
+    assert err.startswith(f"spklite: {key}: ")
+
+
+def test_extreme_but_allowed_settings_serve(run_server: Any, packages: Path) -> None:
+    build_spk(packages / "a.spk", {"package": "a", "maintainer": None})
+    server = run_server(
+        "--packages", str(packages), "--threads", "1", "--connection-limit", "3", "--watch", "poll",
+        "--poll-interval", "1d", "--channel-timeout", "1d", "--max-request-body-size", "99999999999999999G",
+        "--max-request-header-size", "1K", "--trusted-proxy", "*", "--trusted-proxy-count", "100",
+        "--trusted-proxy-headers", "forwarded", "--defaults-maintainer", "Jörg 日本",
+    )
+    status, _, body = server.get("/?arch=apollolake&build=42661&major=7&minor=1&language=enu")
+    assert status == 200 and json.loads(body)["packages"][0]["maintainer"] == "Jörg 日本"
+    time.sleep(1.5)  # the poll thread has waited: no overflow
+    assert server.stop() == 0 and "Traceback" not in server.output()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
+import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import pytest
 import yaml
@@ -565,3 +568,261 @@ def test_dump_reads_back_as_the_same_config(home: Path, tmp_path: Path, fmt: str
     assert {k: v for k, v in again.items() if k != "config"} == {k: v for k, v in cfg.items() if k != "config"}
     nested = yaml.safe_load(text)["spklite"]
     assert nested["server"]["channel-timeout"] == "90s" and nested["filesystem"]["cache"] == "/srv/cache"
+
+
+# Hostile config files: alias bombs, NUL, files that never end ################################################
+
+
+def alias_bomb(levels: int, last: str = "keyrings", width: int = 9) -> str:
+    """A "billion laughs" document: each level lists the one before `width` times; `last` names the top."""
+    lines = ["spklite:", "  l0: &l0 [" + ", ".join(['"lol"'] * width) + "]"]
+    for level in range(1, levels):
+        lines.append(f"  l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * width) + "]")
+    lines.append(f"  {last}: *l{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+MERGE_BOMB = "spklite:\n  m0: &m0 {a: 1, b: 2}\n" + "".join(
+    f"  m{n}: &m{n} {{<<: [*m{n - 1}, *m{n - 1}, *m{n - 1}, *m{n - 1}], k{n}: {n}}}\n" for n in range(1, 9)
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        alias_bomb(6),  # 9**6 strings under keyrings
+        alias_bomb(6, last="colour"),  # under an unknown key: only the kept JSON would expand it
+        "spklite:\n  defaults: &d\n    maintainer: [*d]\n",  # an alias inside its own anchor: no end
+        MERGE_BOMB,  # merge keys copy what they merge
+    ],
+    ids=["list", "unknown-key", "recursive", "merge"],
+)
+def test_a_yaml_alias_bomb_is_refused_in_one_line(home: Path, text: str) -> None:
+    path = write_config(home, text)
+    message = error_of(home)
+    assert message.startswith(f"{path}: ") and "alias" in message
+    assert len(message) < 300
+    with pytest.raises(ConfigError):
+        load_in(home)  # serving: the document is refused before it is kept as JSON
+    assert not (home / ".config.yml.json").exists()
+
+
+def test_a_few_aliases_are_fine(home: Path) -> None:
+    write_config(home, "spklite:\n  defaults:\n    maintainer: &me Team\n    distributor: *me\n")
+    cfg = load_in(home)
+    assert cfg["defaults.maintainer"] == cfg["defaults.distributor"] == "Team"
+
+
+def test_an_alias_bomb_in_the_models_file_gives_the_bundled_list(tmp_path: Path) -> None:
+    from spklite.app import load_models
+
+    models = tmp_path / "models.yml"
+    models.write_text(
+        "- {model: DS-lol, platform: &p0 [lol, lol, lol, lol, lol, lol, lol, lol]}\n"
+        + "".join(f"- {{model: DS-{n}, platform: &p{n} [{', '.join([f'*p{n - 1}'] * 8)}]}}\n" for n in range(1, 7))
+    )
+    assert load_models(str(models)) == load_models("")
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('spklite:\n  filesystem:\n    packages: "spk\\0files"\n', "filesystem.packages"),
+        ('spklite:\n  keyrings: ["a\\0.asc"]\n', "keyrings"),
+        ('spklite:\n  defaults:\n    maintainer: "Me\\0"\n', "defaults.maintainer"),
+        ("spklite:\n  defaults:\n    maintainer: !!binary TWU=\n", "defaults.maintainer"),
+        ('spklite:\n  host: "127.0.0.1\\0"\n', "host"),
+        ("spklite:\n  poll-interval: .inf\n", "poll-interval"),
+        ("spklite:\n  server:\n    channel-timeout: .nan\n", "server.channel-timeout"),
+        ("spklite:\n  server:\n    max-request-body-size: 1.0e+400\n", "server.max-request-body-size"),
+        (f"spklite:\n  server:\n    max-request-body-size: \"{'9' * 400}\"\n", "server.max-request-body-size"),
+        (f"spklite:\n  port: {'9' * 400}\n", "port"),
+    ],
+)
+def test_odd_values_in_the_file_are_one_line_naming_the_setting(home: Path, text: str, key: str) -> None:
+    write_config(home, text)
+    message = error_of(home)
+    assert message.startswith(f"{key}: ") and "is not allowed: " in message
+
+
+def test_a_models_path_that_is_not_a_file_gives_the_bundled_list(home: Path) -> None:
+    assert load_in(home, {"filesystem.models": "/dev/zero"}, create_file=False)["filesystem.models"] == ""
+
+
+# Settings that passed validation and then crashed the server ##############################################
+
+
+@pytest.mark.parametrize(
+    "raw, host", [("::", "::"), ("[::1]", "::1"), ("127.0.0.1", "127.0.0.1"), ("localhost", "localhost")]
+)
+def test_hosts_that_bind(home: Path, raw: str, host: str) -> None:
+    assert load_in(home, {"host": raw}, create_file=False)["host"] == host  # localhost: from /etc/hosts
+
+
+@pytest.mark.parametrize("raw", ["256.1.1.1", "1.2.3.4.5", "-1", "nas..lan", "-nas", "nås.lan", "a" * 64 + ".lan", "*"])
+def test_hosts_that_are_neither_addresses_nor_names_are_refused_without_a_lookup(
+    home: Path, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    real = socket.getaddrinfo
+
+    def numeric_only(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        assert kwargs.get("flags", 0) & socket.AI_NUMERICHOST, f"looked up {host!r}"
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", numeric_only)
+    assert error_of(home, {"host": raw}).startswith("host: ")
+
+
+def fake_resolver(monkeypatch: pytest.MonkeyPatch, answer: Callable[..., Any]) -> None:
+    """getaddrinfo answering host names with `answer(host, port, ...)`: no DNS in tests. Addresses as they are."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            real(host, None, flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            if not kwargs.get("flags", 0) & socket.AI_NUMERICHOST:  # a lookup: the fake answers
+                return answer(host, *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_host_name_that_does_not_resolve_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unknown(host: str, *args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    fake_resolver(monkeypatch, unknown)
+    message = error_of(home, {"host": "nas.example"})
+    assert message.startswith("host: 'nas.example' is not allowed: ") and "resolves" in message
+
+
+def test_a_host_name_lookup_that_hangs_is_refused_in_bounded_time(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(3)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    fake_resolver(monkeypatch, hanging)
+    monkeypatch.setattr(config, "HOST_LOOKUP_SECONDS", 0.2)
+    started = time.monotonic()
+    assert error_of(home, environ={"SPKLITE_HOST": "slow.example"}).startswith("host: 'slow.example'")
+    assert time.monotonic() - started < 2
+
+
+def test_a_host_name_that_resolves_is_kept(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_resolver(monkeypatch, lambda host, *args, **kwargs: socket.getaddrinfo("127.0.0.1", *args, **kwargs))
+    assert load_in(home, {"host": "nas.example"}, create_file=False)["host"] == "nas.example"
+
+
+@pytest.mark.parametrize(
+    "key, raw",
+    [
+        ("poll-interval", "999999999999d"),  # threading's wait overflowed every second
+        ("poll-interval", "25h"),
+        ("server.channel-timeout", "99999999999999999999"),
+        ("server.channel-timeout", "2d"),
+        ("server.max-request-body-size", "9" * 400),  # float: inf, int(): OverflowError
+        ("server.max-request-header-size", "9" * 400 + "G"),
+        ("server.threads", "9" * 5000),
+        ("port", "-0"),
+        ("server.connection-limit", "2"),  # waitress' own two channels fill it: nothing is ever accepted
+        ("defaults.maintainer", "Me\0"),
+        ("keyrings", "a.asc\0"),
+    ],
+)
+def test_extreme_values_are_one_line_naming_the_setting(home: Path, key: str, raw: str) -> None:
+    assert error_of(home, {key: raw}).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"server.trusted-proxy": "*", "server.trusted-proxy-headers": "forwarded x-forwarded-host"},
+        {"server.trusted-proxy": "10.0.0.1", "server.trusted-proxy-headers": ["x-forwarded-for", "forwarded"]},
+    ],
+)
+def test_waitress_rules_across_settings_are_checked_when_loading(home: Path, flags: Dict[str, Any]) -> None:
+    message = error_of(home, flags)
+    assert message.startswith("server.trusted-proxy-headers: '") and "Forwarded" in message
+
+
+def test_the_longest_allowed_durations(home: Path) -> None:
+    cfg = load_in(home, {"poll-interval": "1d", "server.channel-timeout": "24h"}, create_file=False)
+    assert cfg["poll-interval"] == cfg["server.channel-timeout"] == 86400
+
+
+def test_a_config_file_that_never_ends_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, {"config": "/dev/zero"})
+    assert message == "config: '/dev/zero' is not allowed: a YAML file of at most 1MiB"
+
+
+def test_a_keyring_that_never_ends_is_refused(home: Path) -> None:
+    cfg = load_in(home, {"keyrings": ["/dev/zero"]}, create_file=False)
+    with pytest.raises(ConfigError, match=r"^keyrings: '/dev/zero' is not allowed: a file of at most 1MiB"):
+        config.keyring_texts(cfg)
+
+
+@pytest.mark.parametrize("text", [alias_bomb(6), "a: &a [*a]\n", "[" * 5000 + "]" * 5000])
+def test_the_pure_python_parser_refuses_the_same(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """The zipapp's PyYAML has no libyaml; its composer recurses once per level of nesting."""
+    monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
+    config._safe_loader.cache_clear()
+    try:
+        with pytest.raises(yaml.YAMLError):
+            config.load_yaml(text)
+    finally:
+        config._safe_loader.cache_clear()
+
+
+ODD_VALUES = [
+    "", " ", "0", "-1", "1", "+5", "1.5", ".5", "1e3", "0x10", "1_000", "999999999999999999999999", "9" * 400,
+    "9" * 5000, "nan", "inf", "-inf", "1e309", "999999999999d", "99999999999999999G", "é", "日本語", "\udcff",
+    "\t", "*", "::", "[::]", "256.1.1.1", "localhost", "nas.example", "forwarded x-forwarded-host", "a" * 5000,
+]  # fmt: skip
+ODD_YAML = [
+    ".nan", ".inf", "-.inf", "1.0e+400", "9" * 30, "-5", "0", "null", "true", "[]", "{}", "[1, 2]", "{a: 1}",
+    '"a\\0b"', "!!binary aGVsbG8=", "2024-01-02", "0x1F", "1:20", '"é"', "[[a]]", "'\\t'", "!!float 1e999",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", [s.key for s in config.SCHEMA])
+def test_odd_values_from_every_source_are_taken_or_refused_in_one_line(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """Every setting x odd values x flags, environment and file: one line naming the setting, or a value that
+    waitress takes (load checks that) and that `spklite config` prints back as the same setting."""
+
+    def names(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "localhost":
+            return socket.getaddrinfo("127.0.0.1", *args, **kwargs)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    fake_resolver(monkeypatch, names)
+    setting = config.BY_KEY[key]
+    *sections, leaf = key.split(".")
+    nesting = "".join(f"{'  ' * (depth + 1)}{section}:\n" for depth, section in enumerate(sections))
+    sources: list[tuple[dict[str, Any], dict[str, str], str]] = []
+    for value in ODD_VALUES:
+        sources.append(({key: value}, {}, ""))
+        sources.append(({}, {setting.env_names[0]: value}, ""))
+        if not setting.meta and "\udcff" not in value:
+            sources.append(({}, {}, f"{json.dumps(value)}"))
+    if not setting.meta:
+        sources.extend(({}, {}, text) for text in ODD_YAML)
+    for flags, environ, scalar in sources:
+        config_file = write_config(home, f"spklite:\n{nesting}{'  ' * (len(sections) + 1)}{leaf}: {scalar}\n")
+        if not scalar:
+            config_file.unlink()
+        try:
+            cfg = load_in(home, flags, environ, create_file=False)
+        except ConfigError as exc:
+            message = str(exc)
+            assert "\n" not in message, message
+            # the home names the config file: a home of 5,000 characters is a config file that cannot be read
+            assert message.startswith((f"{key}: ", f"{config_file}: ", "config: ")), (flags, environ, scalar, message)
+            continue
+        dumped = tmp_path / "dumped.yml"
+        dumped.write_text(config.dump(cfg), encoding="utf-8", errors="surrogateescape")
+        again = load_in(home, {"config": str(dumped)}, create_file=False)
+        if not setting.meta:
+            assert again[key] == cfg[key], (flags, environ, scalar)
