@@ -11,7 +11,7 @@ from collections import namedtuple
 from types import SimpleNamespace
 
 from spklite import synology
-from spklite.catalog import Offer, Query, file_text
+from spklite.catalog import Catalog, Offer, Query, file_text
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Decision(namedtuple("Decision", "file package version rule reason offer"))
                 "offered": self.rule == OFFERED, "rule": self.rule, "reason": self.reason}
 
 
-def explain(catalog: Any, query: Query, package: str = "") -> List[Decision]:
+def explain(catalog: Catalog, query: Query, package: str = "") -> List[Decision]:
     """Every file of the catalog (of package id `package`, any case, when given) with its decision, ordered
     like the catalog (package id, path), then the rejected files (those whose name holds `package`)."""
     wanted = package.strip().lower()
