@@ -102,7 +102,8 @@ class Server:
             with self._catalog_lock:
                 version, catalog = self._catalog
                 if version != state.version:
-                    catalog = Catalog(state.records.values(), self.catalog_settings, previous=catalog)
+                    catalog = Catalog(state.records.values(), self.catalog_settings, previous=catalog,
+                                      rejected=state.rejected.values())
                     self._catalog = (state.version, catalog)
         return state, catalog
 
@@ -341,6 +342,34 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         folders = [{"file": printable(rel or ".") + "/", "reason": why} for rel, why in server.index.unreadable.items()]
         return json_response(folders + [{"file": printable(r.path), "reason": r.reason}
                                          for r in server.index.current.rejected.values()])
+
+    @api("/v1/explain")
+    def explain_route() -> Any:
+        from spklite import explain, page  # imported on first use: a tool for people
+
+        params = request_params(bottle.request.environ)
+        _, catalog = server.catalog()
+        if is_nas_request(params.get):  # the NAS's own parameters, read as the catalog reads them
+            query = Query.from_params(params.get)
+        else:  # or the page's picker: model, platform, dsm, channel
+            choice, messages = page.pick(server.models, params.get)
+            if choice is None:
+                return error(400, " ".join(messages) or "which NAS? give the NAS parameters (arch, build, unique, "
+                             "package_update_channel, ...) or the page's model or platform, dsm and channel",
+                             expected=["arch", "build", "unique", "package_update_channel", "model", "platform",
+                                       "dsm", "channel", "package"])
+            query = Query.from_params(choice.nas_params().get)
+        package = params.get("package", "")
+        decisions = explain.explain(catalog, query, package)
+        offered = sum(d.rule == explain.OFFERED for d in decisions)
+        body: Dict[str, Any] = {"nas": explain.nas_json(query), "offered": offered,
+                                "not_offered": len(decisions) - offered,
+                                "files": [d.to_json() for d in decisions], "rules": explain.RULES}
+        if package:
+            body["package"] = package
+            if not any(d.package is not None for d in decisions):
+                body["note"] = f"no package file has the package id {package!r}"
+        return json_response(body)
 
     # -- errors: JSON, never a traceback --------------------------------------------
 

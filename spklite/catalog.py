@@ -16,29 +16,16 @@ from urllib.parse import quote
 
 from spklite import synology
 from spklite.index import printable
+from spklite.spk import truth
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+    from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-TRUE_WORDS = frozenset(("yes", "true", "1", "on"))
-FALSE_WORDS = frozenset(("no", "false", "0", "off"))
 DEFAULT_FIELDS = ("maintainer", "maintainer_url", "distributor", "distributor_url", "support_url")
 OPTIONAL_BOOLS = ("silent_install", "silent_upgrade", "silent_uninstall")
 MEMO_ENTRIES = 256
 MEMO_BYTES = 8 << 20  # a 1,000-package answer is ~60 KB: memory stays bounded on a small device
-
-
-def truth(value: Optional[str]) -> Optional[bool]:
-    """True/False for a true-ish/false-ish INFO value, None otherwise."""
-    if value is None:
-        return None
-    word = value.strip().strip('"').lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    return None
 
 
 def is_beta(info: Mapping[str, str]) -> bool:
@@ -81,22 +68,29 @@ class Offer:
         self.beta = is_beta(info)
         self.version_key = synology.version_key(info["version"])
 
-    def accepts(self, query: "Query") -> int:
-        """0 when this file is not a candidate for the query, else its arch-match rank."""
+    def verdict(self, query: "Query") -> Union[int, str]:
+        """This file's arch-match rank (1-3) when it is a candidate for the query, else the code of the
+        first rule that excludes it (explain.RULES). The one place SPEC 1.4's rules are written: the NAS
+        answer, /v1/explain, the page and `check` all decide through it."""
         rank = synology.arch_match(self.arch, query.platform)
-        if not rank or query.platform in self.exclude_arch:
-            return 0
+        if not rank:
+            return "platform"
+        if query.platform in self.exclude_arch:
+            return "exclude_arch"
         if self.models and query.unique not in self.models:
-            return 0
+            return "model"
         if query.unique and query.unique in self.exclude_models:
-            return 0
+            return "exclude_model"
         build = query.build or 0
-        if self.min_build > build or (self.max_build is not None and build > self.max_build):
-            return 0
+        # The generation before the build range: for a DSM 6 NAS, "a DSM 7 file" says more than "build 40000".
         if (build >= synology.DSM7_BUILD) != (self.min_major >= 7):
-            return 0
+            return "dsm6_file" if build >= synology.DSM7_BUILD else "dsm7_file"
+        if self.min_build > build:
+            return "min_build"
+        if self.max_build is not None and build > self.max_build:
+            return "max_build"
         if self.beta and not query.beta_channel:
-            return 0
+            return "beta"
         return rank
 
 
@@ -154,7 +148,8 @@ class Links(namedtuple("Links", "base download static default_icon")):
 class Catalog:
     """The answers for one index state, memoised (bounded by count and bytes)."""
 
-    def __init__(self, records: Iterable[Any], settings: Mapping[str, Any], previous: Optional["Catalog"] = None):
+    def __init__(self, records: Iterable[Any], settings: Mapping[str, Any], previous: Optional["Catalog"] = None,
+                 rejected: Iterable[Any] = ()):
         # Records the previous state had too keep their offer: only changed files cost work.
         known: Dict[int, Offer] = {id(o.record): o for o in previous.offers} if previous else {}
         offers: List[Offer] = []
@@ -162,6 +157,7 @@ class Catalog:
             offer = known.get(id(record))
             offers.append(offer if offer is not None and offer.record is record else Offer(record))
         self.offers: List[Offer] = sorted(offers, key=lambda o: (o.package, o.record.path))
+        self.rejected: List[Any] = sorted(rejected, key=lambda r: r.path)  # index.Rejected: for explain
         self.settings = settings
         self.keyrings: List[str] = list(settings.get("keyrings", ()))
         self.defaults: Dict[str, str] = {
@@ -213,7 +209,9 @@ class Catalog:
         dsm7 = query.build >= synology.DSM7_BUILD
         entries = [self.entry(o, query.language, links, dsm7) for o in self.newest(query)]
         if debug is not None:
-            entries.append(debug_entry(debug, links))
+            from spklite import explain  # here: only the debugging aid needs it
+
+            entries.append(debug_entry(debug, links, explain.summary(explain.explain(self, query))))
         if query.build < synology.DICT_SHAPE_BUILD:
             return encode(entries)
         if dsm7:
@@ -222,7 +220,8 @@ class Catalog:
 
     def newest(self, query: Query) -> List[Offer]:
         """The newest candidate file of each package id, ordered by package id."""
-        return newest_per_package((o, o.accepts(query)) for o in self.offers)
+        # A verdict that is not a rank is the code of the rule that excludes the file.
+        return newest_per_package((o, rank) for o in self.offers if isinstance(rank := o.verdict(query), int))
 
     # -- one entry (SPEC 1.5) ----------------------------------------------------
 
@@ -289,12 +288,8 @@ class Catalog:
     ) -> List[Dict[str, Any]]:
         """Every package file (SPEC 1.7 /v1/packages), filtered."""
         platform = synology.normalize_platform(platform)
-        name = name.lower()
-        chosen = [
-            o for o in self.offers
-            if (not platform or synology.arch_match(o.arch, platform))
-            and (not name or name in o.package.lower() or name in display_name(o.record.package.info, language).lower())
-        ]
+        chosen = [o for o in self.offers
+                  if (not platform or synology.arch_match(o.arch, platform)) and matches(o, name, language)]
         if latest:
             chosen = newest_per_package((o, 1) for o in chosen)
         return [self.file_object(o, links, language) for o in chosen]
@@ -331,6 +326,14 @@ def newest_per_package(candidates: Iterable[Tuple[Offer, int]]) -> List[Offer]:
     return [best[name][1] for name in sorted(best)]
 
 
+def matches(offer: Offer, name: str, language: str = "") -> bool:
+    """The name filter of /v1/packages and the page's search: a substring of the package id or display name,
+    any case; an empty name matches all."""
+    name = name.lower()
+    return not name or name in offer.package.lower() or name in display_name(offer.record.package.info,
+                                                                               language).lower()
+
+
 def display_name(info: Mapping[str, str], language: str) -> str:
     return info.get(f"displayname_{language}") or info.get("displayname") or info["package"]
 
@@ -340,16 +343,17 @@ def _flag(info: Mapping[str, str], key: str, default: bool) -> bool:
     return default if value is None else value
 
 
-def debug_entry(debug: Dict[str, str], links: Links) -> Dict[str, Any]:
-    """A pseudo-package that shows the operator what the NAS sent (SPEC 1.8)."""
+def debug_entry(debug: Dict[str, str], links: Links, summary: List[str]) -> Dict[str, Any]:
+    """A pseudo-package that shows the operator what the NAS sent (SPEC 1.8), then what it was offered and why
+    not the rest (`summary`: explain.summary)."""
     import html  # here: its entity table costs ~0.4 MiB, and only this debugging aid needs it
 
-    lines = [f"{k}={v}" for k, v in debug.items()]
+    lines = ["What this NAS sent:"] + [f"{k}={v}" for k, v in debug.items()] + [""] + summary
     return {
         "package": "spklite-debug",
         "version": "0.0-0",
         "dname": "spklite debug",
-        "desc": "What this NAS sent:<br>" + "<br>".join(html.escape(line, quote=False) for line in lines),
+        "desc": "<br>".join(html.escape(line, quote=False) for line in lines),
         "link": "",
         "size": 0,
         "thumbnail": [links.blob(links.default_icon)],

@@ -233,12 +233,13 @@ def setup_logging(level: str) -> None:
 
 
 def check(files: Sequence[str], strict: bool) -> int:
-    """`spklite check`: one verdict line per file, warnings before it."""
-    from spklite import spk  # the reader is only needed here
+    """`spklite check`: one verdict line per file, warnings and the NAS it reaches before it."""
+    from spklite import explain, spk  # the reader is only needed here
 
     status = 0
     for name in files:
         warnings: list[str] = []
+        reached = ""
         if not os.path.exists(name):
             reason: str | None = "no such file"
         elif not os.path.isfile(name):
@@ -246,10 +247,16 @@ def check(files: Sequence[str], strict: bool) -> int:
         else:
             try:
                 reason, warnings = spk.check(name)
+                if not reason:  # its INFO read again (~1 ms): check's answer holds none
+                    reached = explain.reach(spk.read_spk(name))
             except OSError as exc:
                 reason = f"cannot be read: {exc.strerror or exc}"
+            except spk.SpkError as exc:  # changed since spk.check read it
+                reason = str(exc)
         for warning in warnings:
             print(f"{name}: warning: {warning}")
+        if reached:
+            print(f"{name}: reaches {reached}")
         if reason:
             print(f"{name}: rejected: {reason}")
             status = 1

@@ -606,7 +606,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", nargs="?", metavar="URL", help="the package source (default: this server's own URL)")
     parser.add_argument("--quick", action="store_true", help="check downloads with HEAD instead of in full")
     parser.add_argument(
-        "--timeout", type=kind(config.duration(0.1)), default=TIMEOUT, metavar="DURATION",
+        "--timeout", type=kind(config.duration(0.1, 3600)), default=TIMEOUT, metavar="DURATION",
         help=f"how long each request may wait (default: {TIMEOUT:g}s)",
     )
     parser.add_argument(

@@ -3,7 +3,8 @@
 It shows the Location to type in Package Center, a picker (model or
 platform, DSM version, channel) and what that NAS would get. The list comes
 from the same `Catalog.newest`/`Catalog.entry` the NAS answer uses, through
-the same `Query.from_params`, so the page cannot disagree with the JSON.
+the same `Query.from_params`, so the page cannot disagree with the JSON; the
+files it leaves out come with /v1/explain's reasons (spklite.explain).
 
 The form's parameter names (model, platform, dsm, channel, view) are not the
 NAS's (arch, build, unique): a browser submitting it still gets this page.
@@ -21,7 +22,8 @@ import bottle
 
 from spklite import __version__, synology
 from spklite.app import asset
-from spklite.catalog import Query, newest_per_package
+from spklite.catalog import Query, matches, newest_per_package
+from spklite.explain import OFFERED, explain
 from spklite.index import printable
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
@@ -225,15 +227,25 @@ def render(server: Any, get: Get) -> str:
     if view not in ("", "files"):
         messages.append(f"Unknown view “{view}”.")
         view = ""
-    nas_link = ""
+    search = (get("q") or "").strip()
+    nas_link = explain_link = ""
+    not_offered: List[Any] = []
     if choice is not None and view != "files":
         query = Query.from_params(choice.nas_params().get)
         dsm7 = choice.build >= synology.DSM7_BUILD
-        items = [item(catalog.entry(o, query.language, links, dsm7), o) for o in catalog.newest(query)]
+        items = [item(catalog.entry(o, query.language, links, dsm7), o)
+                 for o in catalog.newest(query) if matches(o, search)]
+        # The same decisions as /v1/explain, for the files the list leaves out.
+        not_offered = [d for d in explain(catalog, query) if d.rule != OFFERED
+                       and (matches(d.offer, search) if d.offer else search.lower() in d.file.lower())]
         nas_link = "./?" + urlencode(choice.nas_params())
+        explain_link = "v1/explain?" + urlencode(choice.nas_params())
     else:  # every file, or (nothing picked yet) the newest version of every package, whatever NAS it is for
         offers = catalog.offers if view == "files" else newest_per_package((o, 1) for o in catalog.offers)
-        items = [item(catalog.file_object(o, links), o) for o in offers]
+        items = [item(catalog.file_object(o, links), o) for o in offers if matches(o, search)]
+    # The search form keeps the rest of the view: the NAS picked, the files view.
+    keep = {k: v for k, v in (("model", get("model")), ("platform", get("platform")), ("dsm", get("dsm")),
+                              ("channel", get("channel")), ("view", view)) if v and (choice or k == "view")}
     location = links.base.rstrip("/") + "/"
     return _template().render(
         css=_asset("style.css"),
@@ -262,4 +274,9 @@ def render(server: Any, get: Get) -> str:
         view=view,
         items=items,
         nas_link=nas_link,
+        explain_link=explain_link,
+        not_offered=not_offered,
+        search=search,
+        keep=keep,
+        unfiltered="./?" + urlencode(keep),
     )

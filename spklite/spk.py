@@ -59,6 +59,22 @@ _ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
 _ESCAPE = re.compile(r"\\([\"\\])")
 
 
+TRUE_WORDS = frozenset(("yes", "true", "1", "on"))
+FALSE_WORDS = frozenset(("no", "false", "0", "off"))
+
+
+def truth(value: str | None) -> bool | None:
+    """True/False for a true-ish/false-ish INFO value, None otherwise."""
+    if value is None:
+        return None
+    word = value.strip().strip('"').lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    return None
+
+
 UNREADABLE = "cannot read"  # starts the reason of a file the server may not or cannot read (not its content)
 
 
@@ -252,7 +268,7 @@ def read_spk(
             if found.package_tgz is None:
                 warnings.append("package.tgz missing")
             icons = _base64_icons(info, found, warnings)
-            _validate(info, warnings, has_icon=bool(icons[0] or icons[1]))
+            _validate(info, warnings, has_icon=bool(icons[0] or icons[1]), install_wizard=found.install_wizard)
             if verify_checksum:
                 _verify_checksum(fh, info, found.package_tgz, warnings)
         except OSError as exc:  # an I/O error inside the file (bad disk, NAS gone)
@@ -568,7 +584,7 @@ def _decode_icon(key: str, text: str, warnings: list[str]) -> bytes | None:
 # Validation (SPEC 2.3) ###########################################################
 
 
-def _validate(info: dict[str, str], warnings: list[str], has_icon: bool) -> None:
+def _validate(info: dict[str, str], warnings: list[str], has_icon: bool, install_wizard: bool) -> None:
     """Add findings to `warnings`; raise SpkError (with them) for a fatal one."""
     reason: str | None = None
     for key in REQUIRED:
@@ -579,14 +595,23 @@ def _validate(info: dict[str, str], warnings: list[str], has_icon: bool) -> None
         reason = reason or f"INFO: invalid package name {name!r}"
 
     minimum = parse_firmware(info.get("os_min_ver") or info.get("firmware"))
+    dsm7 = minimum is not None and minimum.major >= 7
     if "os_min_ver" not in info:
-        warnings.append("INFO: os_min_ver missing (DSM 7 requires it)")
+        warnings.append(f"INFO: a DSM 7 file (firmware {info['firmware']!r}) without os_min_ver, which DSM 7 requires"
+                        if dsm7 else "INFO: os_min_ver missing (DSM 7 requires it)")
     for key in ("os_min_ver", "os_max_ver", "firmware"):
         if key in info and parse_firmware(info[key]) is None:
             warnings.append(f"INFO: {key} {info[key]!r} is not X.Y[.Z]-BUILD")
-    dsm7 = minimum is not None and minimum.major >= 7
     if dsm7 and minimum is not None and minimum.build < DSM7_BUILD:
         warnings.append(f"INFO: minimum DSM 7 with build {minimum.build} (DSM 7 builds start at {DSM7_BUILD})")
+    maximum = parse_firmware(info.get("os_max_ver"))
+    if minimum is not None and maximum is not None and maximum.build < minimum.build:
+        warnings.append(f"INFO: os_max_ver {info['os_max_ver']!r} is below the minimum "
+                        f"{info.get('os_min_ver') or info.get('firmware')!r}: no NAS gets this file")
+    for key in ("qinst", "qinstall"):  # qinst is the key the catalog reads (SPEC 1.5), and its longer spelling
+        if install_wizard and truth(info.get(key)):
+            warnings.append(f"INFO: {key}={info[key]} with an install wizard: Package Center may install it "
+                            "without showing the wizard")
 
     version = info.get("version", "")
     if version and not DSM7_VERSION.match(version):

@@ -273,3 +273,38 @@ def test_pick_a_model_through_the_form(browser, run_server, tmp_path):
     browser.load(server.url + "/?view=files")
     assert browser.js("[...document.querySelectorAll('.rejected li')].map(li => li.dataset.file)") == ["broken.spk"]
     browser.screenshot(tmp_path / "files-desktop.png", 1280)
+
+
+def test_files_not_offered_open_and_the_search_box_finds_a_package(browser, run_server, tmp_path):
+    packages = tmp_path / "pk"
+    packages.mkdir()
+    build_spk(packages / "apollo.spk", {"package": "apollo", "arch": "apollolake", "displayname": "Apollo Media"})
+    build_spk(packages / "arm.spk", {"package": "armonly", "arch": "armv8", "displayname": "ARM Only"})
+    build_spk(packages / "tools.spk", {"package": "tools", "displayname": "Handy Tools"})
+    build_broken(packages / "broken.spk", "gzip")
+    server = run_server("--packages", str(packages), "--watch", "off")
+
+    browser.viewport(1280, 900)
+    browser.load(server.url + "/?model=DS918%2B&dsm=7.2&channel=stable")
+    details = "document.querySelector('details.not-offered')"
+    assert browser.js(f"{details}.querySelector('summary').textContent") == "2 files not offered to this NAS, and why"
+    assert browser.js(f"{details}.open") is False
+    assert browser.js(f"{details}.querySelector('li').checkVisibility()") is False  # collapsed
+    browser.js(f"{details}.querySelector('summary').click()")
+    assert browser.js(f"{details}.open") is True
+    assert browser.js(f"{details}.querySelector('li').checkVisibility()") is True
+    reasons = browser.js(f"[...{details}.querySelectorAll('li')].map(li => li.dataset.rule)")
+    assert reasons == ["platform", "rejected"]
+    browser.screenshot(tmp_path / "not-offered.png", 1280)
+
+    # Find a package: the search keeps the NAS picked.
+    browser.js("document.querySelector('form.search input[name=q]').focus()")
+    browser.call("Input.insertText", text="handy")
+    browser._events.clear()
+    browser.js("document.querySelector('form.search button').click()")
+    browser.wait_for("Page.loadEventFired")
+    assert browser.js("location.search") == "?model=DS918%2B&dsm=7.2&channel=stable&q=handy"
+    assert browser.js("[...document.querySelectorAll('li.pkg')].map(li => li.dataset.package)") == ["tools"]
+    assert browser.js("document.querySelector('form.search input[name=q]').value") == "handy"
+    browser.screenshot(tmp_path / "search-phone.png", 390, mobile=True)
+    assert browser.js("document.documentElement.scrollWidth <= window.innerWidth")

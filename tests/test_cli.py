@@ -358,7 +358,54 @@ def test_python_m_spklite_version(tmp_path: Path) -> None:
 
 def test_check_good_package(run: Run, tmp_path: Path) -> None:
     good = build_spk(tmp_path / "good.spk")
-    assert run("check", str(good)) == (0, f"{good}: OK\n", "")
+    assert run("check", str(good)) == (0, f"{good}: reaches DSM 7.0+ · every platform · stable\n{good}: OK\n", "")
+
+
+@pytest.mark.parametrize("info, reach", [
+    ({"arch": "x86_64"}, "DSM 7.0+ · x86_64 family · stable"),
+    ({"arch": "apollolake geminilake", "os_min_ver": "7.2-64570"}, "DSM 7.2-64570+ · apollolake, geminilake · stable"),
+    ({"arch": "armv7 armada38x", "os_min_ver": "6.1-15047", "beta": "yes"},
+     "DSM 6.1–6.2 · armv7 family, armada38x · beta channel only"),
+    ({"os_min_ver": None}, "DSM 6.2 and older · every platform · stable"),
+    ({"arch": "x86_64", "exclude_arch": "braswell", "os_max_ver": "7.1-42661"},
+     "DSM 7.0–7.1 · x86_64 family except braswell · stable"),
+    ({"exclude_arch": "rtd1296", "model": "synology_apollolake_918+ synology_geminilake_920+"},
+     "DSM 7.0+ · every platform except rtd1296 · only models synology_apollolake_918+, synology_geminilake_920+"
+     " · stable"),
+    ({"arch": "x86_64", "exclude_model": "synology_apollolake_918+"},
+     "DSM 7.0+ · x86_64 family · not models synology_apollolake_918+ · stable"),
+    ({"arch": "mycpu"}, "DSM 7.0+ · mycpu · stable"),  # a platform Synology does not list: a NAS may send it
+    ({"os_max_ver": "6.2-23739"}, "no NAS"),
+])
+def test_check_says_which_nas_a_file_reaches(run: Run, tmp_path: Path, info: Any, reach: str) -> None:
+    path = build_spk(tmp_path / "x.spk", info)
+    status, out, _ = run("check", str(path))
+    assert f"{path}: reaches {reach}\n" in out
+    assert out.splitlines()[-1].startswith(f"{path}: OK")
+
+
+@pytest.mark.parametrize("info, options, warning", [
+    ({"os_min_ver": None, "firmware": "7.0-40000"}, {},
+     "INFO: a DSM 7 file (firmware '7.0-40000') without os_min_ver, which DSM 7 requires"),
+    ({"os_min_ver": "7.1-42661", "os_max_ver": "7.0-40000"}, {},
+     "INFO: os_max_ver '7.0-40000' is below the minimum '7.1-42661': no NAS gets this file"),
+    ({"os_min_ver": "6.2-23739", "version": "1.0b-1"}, {}, "INFO: version '1.0b-1' would be refused by DSM 7"),
+    ({"qinst": "yes"}, {"install_wizard": True},
+     "INFO: qinst=yes with an install wizard: Package Center may install it without showing the wizard"),
+    ({"qinstall": "true"}, {"install_wizard": True},
+     "INFO: qinstall=true with an install wizard: Package Center may install it without showing the wizard"),
+])
+def test_check_warns_about_files_that_reach_less_than_meant(run: Run, tmp_path: Path, info: Any, options: Any,
+                                                            warning: str) -> None:
+    path = build_spk(tmp_path / "x.spk", info, **options)
+    status, out, _ = run("check", "--strict", str(path))
+    assert f"{path}: warning: {warning}\n" in out
+    assert status == 1
+
+
+def test_check_does_not_warn_about_a_wizard_without_qinst(run: Run, tmp_path: Path) -> None:
+    path = build_spk(tmp_path / "x.spk", {"qinst": "no"}, install_wizard=True)
+    assert run("check", "--strict", str(path))[0] == 0
 
 
 def test_check_rejects_broken_and_missing_files(run: Run, tmp_path: Path) -> None:
@@ -368,9 +415,10 @@ def test_check_rejects_broken_and_missing_files(run: Run, tmp_path: Path) -> Non
     status, out, _ = run("check", str(good), str(broken), str(missing))
     assert status == 1
     lines = out.splitlines()
-    assert lines[0] == f"{good}: OK"
-    assert lines[1].startswith(f"{broken}: rejected: ") and "compressed" in lines[1]
-    assert lines[2] == f"{missing}: rejected: no such file"
+    assert lines[1] == f"{good}: OK"
+    assert lines[2].startswith(f"{broken}: rejected: ") and "compressed" in lines[2]
+    assert lines[3] == f"{missing}: rejected: no such file"
+    assert len(lines) == 4  # a rejected file reaches no NAS: no "reaches" line
 
 
 def test_check_warnings_fail_only_with_strict(run: Run, tmp_path: Path) -> None:

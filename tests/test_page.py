@@ -27,6 +27,8 @@ class Page(HTMLParser):
         super().__init__()
         self.items: List[Dict[str, str]] = []
         self.rejected: List[str] = []
+        self.not_offered: List[Tuple[str, str]] = []  # (file, rule)
+        self.summary = ""
         self.messages: List[str] = []
         self.forms: List[Dict[str, Any]] = []
         self.links: List[str] = []
@@ -41,6 +43,8 @@ class Page(HTMLParser):
             self.items.append({"package": a["data-package"], "version": a["data-version"]})
         elif tag == "li" and "data-file" in a:
             self.rejected.append(a["data-file"])
+        elif tag == "li" and "data-not-offered" in a:
+            self.not_offered.append((a["data-not-offered"], a["data-rule"]))
         elif tag == "a" and a.get("href"):
             self.links.append(a["href"])
             if "download" in a and self.items:
@@ -56,14 +60,18 @@ class Page(HTMLParser):
             self._text_into = ("messages", -1)
         elif tag == "p" and a.get("class") == "location":
             self._text_into = ("location", None)
+        elif tag == "summary":
+            self._text_into = ("summary", None)
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "p":
+        if tag in ("p", "summary"):
             self._text_into = None
 
     def handle_data(self, data: str) -> None:
         if self._text_into == ("location", None):
             self.location += data
+        elif self._text_into == ("summary", None):
+            self.summary += data
         elif self._text_into:
             self.messages[-1] += data
 
@@ -179,6 +187,48 @@ def test_files_view_lists_every_file_and_the_rejected(shelf):
     assert rejected[0]["reason"] in res.text
 
 
+def test_files_not_offered_to_the_nas_with_the_same_reasons(shelf):
+    app = shelf
+    res, p = page(app, urlencode({"model": "DS918+", "dsm": "7.2.2", "channel": "stable"}))
+    explained = json.loads(app.get("/v1/explain?" + urlencode({"model": "DS918+", "dsm": "7.2.2"})).body)
+    left_out = [f for f in explained["files"] if not f["offered"]]
+    assert p.not_offered == [(f["file"], f["rule"]) for f in left_out] == [
+        ("arm.spk", "platform"), ("dsm6.spk", "dsm6_file"), ("x64-1.spk", "older"), ("x64-beta.spk", "beta"),
+        ("broken.spk", "rejected")]
+    assert p.summary == "5 files not offered to this NAS, and why"
+    text = html.unescape(res.text)
+    assert all(f["reason"] in text for f in left_out)
+    assert "<details" in res.text  # collapsed, and open without JavaScript
+    # Nothing picked: no NAS to explain.
+    assert page(app)[1].not_offered == [] and "not offered" not in page(app)[0].text
+
+
+@pytest.mark.parametrize("query, shown", [
+    ("q=tool", [("tool", "2.0-1")]),
+    ("q=APOLLO", [("apollo", "1.0-1")]),  # any case
+    ("q=demo", [("armonly", "1.0-1"), ("everywhere", "1.0-1"), ("future", "1.0-1"), ("legacy", "1.0-1"),
+                ("only918", "1.0-1"), ("tool", "2.0-1")]),  # the display name too: apollo's is "Apollo"
+    ("q=tool&view=files", [("tool", "1.0-1"), ("tool", "1.2-1"), ("tool", "2.0-1")]),
+    ("q=tool&model=DS918%2B&dsm=7.2&channel=stable", [("tool", "1.2-1")]),
+    ("q=nothing-like-it", []),
+])
+def test_search_box_filters_the_list(shelf, query, shown):
+    res, p = page(shelf, query)
+    assert [(i["package"], i["version"]) for i in p.items] == shown
+    assert not p.messages
+    if not shown:
+        assert "show all" in res.text
+
+
+def test_search_keeps_the_nas_picked_and_filters_its_not_offered_list(shelf):
+    _, p = page(shelf, "q=tool&model=DS918%2B&dsm=7.2&channel=stable")
+    search = p.forms[1]
+    assert search["fields"] == ["model", "dsm", "channel", "q"]
+    assert p.not_offered == [("x64-1.spk", "older"), ("x64-beta.spk", "beta")]
+    assert "./?model=DS918%2B&amp;dsm=7.2&amp;channel=stable" in page(shelf, "q=tool&model=DS918%2B&dsm=7.2&"
+                                                                     "channel=stable")[0].text  # show all
+
+
 # -- the page itself ---------------------------------------------------------------
 
 
@@ -216,9 +266,10 @@ def test_a_loopback_location_is_flagged_with_addresses_a_nas_can_use(make_client
 def test_form_uses_names_a_nas_does_not_send(shelf):
     app = shelf
     _, p = page(app)
-    (form,) = p.forms
-    assert form["method"] == "get"
+    form, search = p.forms
+    assert form["method"] == search["method"] == "get"
     assert sorted(form["fields"]) == ["channel", "dsm", "model", "platform"]
+    assert search["fields"] == ["q"]
     # The form's query is not a NAS request: without Accept: text/html it is the 400 of SPEC 1.2.
     res = app.get("/?model=DS918%2B&dsm=7.2&channel=stable", status=400)
     assert res.status_int == 400 and res.content_type == "application/json"

@@ -95,6 +95,15 @@ File watching is off: restart spklite to pick them up.</p>
 % end
 
 <section class="list">
+% if total:
+<form class="search" method="get" action="./" role="search">
+% for name, value in keep.items():
+<input type="hidden" name="{{name}}" value="{{value}}">
+% end
+<input type="search" name="q" value="{{search}}" placeholder="Find a package by name" aria-label="Find a package by name">
+<button type="submit">Find</button>
+</form>
+% end
 % if view == 'files':
 <h2>All package files <small>every version, as found in the folder · <a href="./">back to packages</a></small></h2>
 % elif choice:
@@ -102,8 +111,11 @@ File watching is off: restart spklite to pick them up.</p>
 % elif total:
 <h2>All packages <small>newest version of each · pick a NAS above to see exactly what it gets · <a href="./?view=files">all files</a></small></h2>
 % end
+% if search:
+<p class="none">Showing names with “{{search}}” · <a href="{{unfiltered}}">show all</a></p>
+% end
 % if choice and not items and view != 'files':
-<p class="none">Nothing on this server for that NAS.</p>
+<p class="none">Nothing on this server for that NAS{{' matches “%s”' % search if search else ''}}.</p>
 % end
 <ul class="pkgs">
 % for it in items:
@@ -120,6 +132,17 @@ File watching is off: restart spklite to pick them up.</p>
 </li>
 % end
 </ul>
+% if not_offered:
+<details class="not-offered">
+<summary>{{len(not_offered)}} file{{'' if len(not_offered) == 1 else 's'}} not offered to this NAS, and why</summary>
+<ul class="reasons">
+% for d in not_offered:
+<li data-not-offered="{{d.file}}" data-rule="{{d.rule}}"><code>{{d.file}}</code>{{' · %s %s' % (d.package, d.version) if d.package else ''}} <span>{{d.reason}}</span></li>
+% end
+</ul>
+<p class="none"><a href="{{explain_link}}">as JSON</a> (/v1/explain; add <code>&amp;package=ID</code> for one package)</p>
+</details>
+% end
 % if view == 'files':
 <h2>Rejected files <small>not valid packages: never offered or served</small></h2>
 % if not rejected:
