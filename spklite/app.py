@@ -38,6 +38,7 @@ PLAUSIBLE_HOST = re.compile(r"^(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?(
                             r"|^\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?$")
 MAX_HOST = 261  # 253 for the name, 6 for ":65535", brackets
 MASKED_PARAMS = frozenset(("ds_sn",))
+IMMUTABLE = "public, max-age=31536000, immutable"
 ERROR_PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>{status} · spklite</title>
 <p>{status}: {message}</p><p><a href="/">The package list</a></p></html>"""
 FORM_KEY = "spklite.form"  # environ: a POST's form body as read, a WSGI (latin-1) string
@@ -254,10 +255,18 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
             return default_icon(max_age=86400)
         if not BLOB_NAME.match(name):
             return error(404, "no such file")
+        # The name is the content's hash: a strong, quoted validator (bottle's own ETag is not quoted, so a
+        # client's If-None-Match never matched it).
+        etag, env = '"%s"' % name.partition(".")[0], bottle.request.environ
+        if "HTTP_IF_NONE_MATCH" in env:
+            if files.not_modified(env, etag, 0):
+                return bottle.HTTPResponse(status=304, ETag=etag, **{"Cache-Control": IMMUTABLE})
+            env.pop("HTTP_IF_MODIFIED_SINCE", None)  # If-None-Match decides (RFC 9110 13.1.3)
         response = bottle.static_file(name, root=server.index.blob_dir)
         if response.status_code == 404 and server.index.cache_error:
             return default_icon(max_age=0)  # icons could not be stored: better a default than none
-        response.set_header("Cache-Control", "public, max-age=31536000, immutable")
+        response.set_header("Cache-Control", IMMUTABLE)
+        response.set_header("ETag", etag)
         return response
 
     def default_icon(max_age: int) -> bytes:

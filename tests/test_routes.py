@@ -97,6 +97,19 @@ def test_symlink_out_of_the_folder_is_rejected(packages, make_client, tmp_path):
     assert followed.get("/download/link.spk").body == outside.read_bytes()
 
 
+def test_icons_answer_conditional_requests_with_a_quoted_etag(two, make_client):
+    app, index = make_client()
+    name = index.current.records["a.spk"].package.icon
+    res = app.get("/static/" + name)
+    etag = res.headers["ETag"]
+    assert etag == '"%s"' % name.partition(".")[0] and "immutable" in res.headers["Cache-Control"]
+    for sent in (etag, "W/" + etag, f'"other", {etag}', "*"):
+        assert app.get("/static/" + name, headers={"If-None-Match": sent}, status=304).headers["ETag"] == etag
+    future = "Fri, 01 Jan 2100 00:00:00 GMT"
+    assert app.get("/static/" + name, headers={"If-None-Match": '"other"', "If-Modified-Since": future},
+                   status=200).body == res.body
+
+
 def test_static_blobs_only(two, make_client):
     app, index = make_client()
     names = os.listdir(index.blob_dir)
