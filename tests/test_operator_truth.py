@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Tuple
 
+import pytest
 from conftest import TESTS, WITHOUT_ROOT_POWERS, lock, unlock, wait_for
 from spkbuilder import build_spk
 
@@ -153,3 +155,22 @@ def test_access_lines_carry_size_time_agent_and_post_parameters(packages: Path, 
     assert '"POST /?arch=apollolake&build=5644&major=5&ds_sn=***" 200' in post
     assert "SECRET" not in server.output()
     assert not log_lines(server, '"GET /health')  # probes are not logged at the info level
+
+
+def test_an_ipv6_listen_address_is_logged_as_a_usable_url(tmp_path: Path):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "spklite", "--home", str(tmp_path / "home"), "--host", "::1",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=str(TESTS.parent))
+    try:
+        assert wait_for(lambda: "serving on" in log.read_text(), timeout=20), log.read_text()
+        assert f"serving on http://[::1]:{port}/" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
