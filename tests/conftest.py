@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import webtest
@@ -115,10 +115,11 @@ class Running:
 def run_server(tmp_path: Path) -> Iterator[Any]:
     started: List[Running] = []
 
-    def run(*args: str, home: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Running:
+    def run(*args: str, home: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+            launcher: Optional[List[str]] = None) -> Running:
         home = home or tmp_path / "home"
         home.mkdir(exist_ok=True)
-        server = Running(home, list(args), env)
+        server = Running(home, list(args), env, launcher)
         started.append(server)
         return server
 
@@ -171,20 +172,8 @@ def unlock(path: Path) -> None:
 
 
 @pytest.fixture
-def run_limited(tmp_path: Path) -> Iterator[Any]:
+def run_limited(run_server: Callable[..., Running]) -> Callable[..., Running]:
     """Like run_server, for a server that must not read what `lock` locked (also as root)."""
     if AS_ROOT and not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is needed to run a server without root's powers")
-    started: List[Running] = []
-
-    def run(*args: str) -> Running:
-        home = tmp_path / "home"
-        home.mkdir(exist_ok=True)
-        server = Running(home, list(args), launcher=[*WITHOUT_ROOT_POWERS, sys.executable, "-m", "spklite"])
-        started.append(server)
-        return server
-
-    yield run
-    for server in started:
-        server.stop(signal.SIGKILL)
-        server.log.close()
+    return lambda *args: run_server(*args, launcher=[*WITHOUT_ROOT_POWERS, sys.executable, "-m", "spklite"])
