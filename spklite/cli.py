@@ -44,6 +44,8 @@ EPILOG = """\
 Every setting is also a config file key (under `spklite:`, nested by its dots) and an environment variable
 SPKLITE_<KEY> (e.g. SPKLITE_FILESYSTEM_CACHE; gosspks' GOSSPKS_<KEY> names work too).
 Sources, highest first: flags, environment, config file, defaults. Durations take s/m/h/d, sizes K/M/G.
+Relative paths: in flags and the environment, from the current folder; in the config file, from the config
+file's folder. The config file is written on first run with the defaults (flags and environment not saved).
 gosspks' --packages-cache-* and --models-cache-* flags are accepted and ignored: the index is live.
 """
 
@@ -78,7 +80,7 @@ def negative_flags(setting: Setting) -> list[str]:
 def default_text(setting: Setting) -> str:
     if setting.meta:
         return ""
-    if setting.key in config.HOME_RELATIVE and setting.default:
+    if setting.key in config.PATHS and setting.default:
         return f" (default: <home>/{setting.default})"
     shown = setting.kind.show(setting.kind.parse(setting.default))
     if isinstance(shown, bool):
@@ -281,7 +283,7 @@ def run(namespace: argparse.Namespace) -> int:
         from spklite.doctor import doctor_command
 
         return doctor_command(namespace, lambda: config.load(given_flags(namespace), os.environ, create_file=False))
-    # printing the config must not write files; serving and scanning write the first-run config file
+    # printing the config must not write files; serving and scanning write the first-run config file (below)
     cfg = config.load(given_flags(namespace), os.environ, create_file=command != "config")
     setup_logging(cfg["log-level"])
     if command == "config":
@@ -290,9 +292,12 @@ def run(namespace: argparse.Namespace) -> int:
             sys.stdout.write(f"# home: {cfg['home']}\n# config file: {cfg['config']}{found}\n")
         sys.stdout.write(config.dump(cfg, namespace.format))
         return 0
+    # The first-run file is written once logging is set up (its line must reach the log) and, when serving, once
+    # the keyrings have been read: a start refused for a bad setting writes nothing.
     if command == "scan":
         from spklite.index import scan_command
 
+        config.write_first_run(cfg)
         return scan_command(cfg, sys.stdout)
     from spklite.server import serve
 
