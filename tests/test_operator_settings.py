@@ -9,14 +9,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 import yaml
 from conftest import TESTS, free_port, read_snapshot
-from spkbuilder import build_spk
+from spkbuilder import build_broken, build_spk
 
-from spklite import config
+from spklite import __version__, config
 
 TIMEOUT = 30  # seconds for any one command; a server that should have refused to start is killed then
 
@@ -143,6 +143,47 @@ def test_scan_logs_the_first_run_file(tmp_path: Path):
     assert f"INFO spklite.config: wrote {tmp_path / 'home' / 'config.yml'}" in err
 
 
+# --version ###################################################################################################
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_flags(flag: str):
+    assert spklite(flag) == (0, f"spklite {__version__}\n", "")
+
+
+# check on a folder ###########################################################################################
+
+
+def test_check_a_folder_checks_every_spk_under_it_sorted_with_a_summary(tmp_path: Path):
+    tree = tmp_path / "dist"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    good = build_spk(tree / "a.spk", {"package": "a"})
+    warned = build_spk(tree / "sub" / "b.spk", {"package": "b", "description": None})
+    broken = build_broken(tree / "sub" / "deeper" / "c.spk", "gzip")
+    (tree / ".hidden").mkdir()
+    build_broken(tree / ".hidden" / "x.spk", "gzip")  # not served by the index: not checked either
+    (tree / "notes.txt").write_text("not a package")
+    status, out, err = spklite("check", str(tree))
+    assert status == 1, err
+    lines = out.splitlines()
+    assert [line.split(": ")[0] for line in lines[:-1]] == [
+        str(good), str(good), *[str(warned)] * 3, str(broken)]
+    assert f"{broken}: rejected: " in out and f"{warned}: OK, 1 warning" in out and f"{good}: OK" in out
+    assert lines[-1] == "3 files: 1 rejected, 1 with warnings"
+
+    broken.unlink()
+    assert spklite("check", str(tree))[0] == 0
+    status, out, _ = spklite("check", "--strict", str(tree))
+    assert status == 1 and out.splitlines()[-1] == "2 files: 0 rejected, 1 with warnings"
+
+
+def test_check_an_empty_folder_fails_with_one_line(tmp_path: Path):
+    status, out, _ = spklite("check", str(tmp_path))
+    assert status == 1
+    assert out.splitlines() == [f"{tmp_path}: rejected: no .spk files in this folder",
+                                "1 file: 1 rejected, 0 with warnings"]
+
+
 # Misspelt variables ##########################################################################################
 
 
@@ -181,3 +222,29 @@ def test_a_packages_folder_that_does_not_exist_yet_is_served_empty(tmp_path: Pat
     server = run_server("--packages", str(later))
     assert server.json("/v1/packages") == []
     assert f"packages folder {later} does not exist (yet)" in server.output()
+
+
+# Journal-friendly logs #######################################################################################
+
+
+def scan_log(tmp_path: Path, journal_stream: Callable[[os.stat_result], str]) -> List[str]:
+    """The log lines of a first `scan`, its stderr a file, JOURNAL_STREAM set from that file's stat."""
+    packages = tmp_path / "packages"
+    packages.mkdir(exist_ok=True)
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        stream = journal_stream(os.fstat(stderr.fileno()))
+        status, _, _ = spklite("scan", "-H", str(tmp_path / "home"), "--packages", str(packages),
+                               env={"JOURNAL_STREAM": stream}, stderr=stderr)
+    assert status == 0, log.read_text()
+    return [line for line in log.read_text().splitlines() if "spklite.config: wrote" in line]
+
+
+def test_no_second_timestamp_when_stderr_is_the_journal(tmp_path: Path):
+    [line] = scan_log(tmp_path, lambda st: f"{st.st_dev}:{st.st_ino}")
+    assert line.startswith("INFO spklite.config: wrote ")
+
+
+def test_timestamps_stay_when_the_journal_variable_names_another_stream(tmp_path: Path):
+    [line] = scan_log(tmp_path, lambda st: f"{st.st_dev}:{st.st_ino + 1}")  # inherited, stderr sent elsewhere
+    assert line[:4].isdigit() and " INFO spklite.config: wrote " in line
