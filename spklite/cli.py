@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 PROG = "spklite"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the journal stamps each line itself
 # gosspks' in-memory cache flags: old command lines must still start, but the index is live (no TTL).
 IGNORED_FLAGS = (
     "--packages-cache-count",
@@ -36,7 +37,7 @@ COMMANDS = (  # name, gosspks' aliases, help
     ("serve", (), "serve the packages folder (the default command)"),
     ("config", ("c",), "print the effective configuration"),
     ("version", ("v",), "print the version"),
-    ("check", (), "check .spk files like a linter: exit 1 when one is rejected"),
+    ("check", (), "check .spk files (or every one under a folder) like a linter: exit 1 when one is rejected"),
     ("scan", (), "index the packages folder, write the snapshot, print a summary"),
     ("doctor", (), "check a package source (default: this server) as DSM 7, 6 and 5 units see it"),
 )
@@ -44,6 +45,8 @@ EPILOG = """\
 Every setting is also a config file key (under `spklite:`, nested by its dots) and an environment variable
 SPKLITE_<KEY> (e.g. SPKLITE_FILESYSTEM_CACHE; gosspks' GOSSPKS_<KEY> names work too).
 Sources, highest first: flags, environment, config file, defaults. Durations take s/m/h/d, sizes K/M/G.
+Relative paths: in flags and the environment, from the current folder; in the config file, from the config
+file's folder. The config file is written on first run with the defaults (flags and environment not saved).
 gosspks' --packages-cache-* and --models-cache-* flags are accepted and ignored: the index is live.
 """
 
@@ -78,7 +81,7 @@ def negative_flags(setting: Setting) -> list[str]:
 def default_text(setting: Setting) -> str:
     if setting.meta:
         return ""
-    if setting.key in config.HOME_RELATIVE and setting.default:
+    if setting.key in config.PATHS and setting.default:
         return f" (default: <home>/{setting.default})"
     shown = setting.kind.show(setting.kind.parse(setting.default))
     if isinstance(shown, bool):
@@ -135,7 +138,7 @@ def add_command_flags(name: str, sub: argparse.ArgumentParser) -> None:
         formats.add_argument("-j", "--json", dest="format", action="store_const", const="json", help="JSON")
         sub.set_defaults(format="yaml")
     elif name == "check":
-        sub.add_argument("files", nargs="+", metavar="FILE.spk", help="package files to check")
+        sub.add_argument("files", nargs="+", metavar="FILE.spk", help="package files, or folders (every .spk under)")
         sub.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     elif name == "doctor":
         from spklite import doctor
@@ -152,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [COMMAND] [flags]",
         allow_abbrev=False,  # --pack must not silently mean --packages
     )
+    parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     add_setting_flags(parser, "", show_help=True)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=CommandParser)
     for name, aliases, text in COMMANDS:
@@ -219,10 +223,21 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 HANDLER = StderrHandler()
-HANDLER.setFormatter(logging.Formatter(LOG_FORMAT))
+
+
+def to_journal() -> bool:
+    """Whether stderr is systemd's journal: JOURNAL_STREAM names its stream as device:inode. A program started
+    by a service with its stderr sent elsewhere (a log file) inherits the variable, and keeps its timestamps."""
+    try:
+        device, inode = (int(number) for number in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):  # unset or odd; stderr closed, None or not a file
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
 
 
 def setup_logging(level: str) -> None:
+    HANDLER.setFormatter(logging.Formatter(JOURNAL_FORMAT if to_journal() else LOG_FORMAT))
     root = logging.getLogger()
     if HANDLER not in root.handlers:
         root.addHandler(HANDLER)
@@ -232,40 +247,76 @@ def setup_logging(level: str) -> None:
 # Commands ###################################################################################################
 
 
-def check(files: Sequence[str], strict: bool) -> int:
-    """`spklite check`: one verdict line per file, warnings and the NAS it reaches before it."""
-    from spklite import explain, spk  # the reader is only needed here
+def check(paths: Sequence[str], strict: bool) -> int:
+    """`spklite check`: one verdict line per file (every .spk under a folder), warnings and the NAS it reaches
+    before it; a summary line when more than one file or a folder was checked."""
+    from spklite.index import printable
 
-    status = 0
-    for name in files:
+    status = rejected = warned = 0
+    targets = [target for path in paths for target in check_targets(path)]
+    for path, reason in targets:
+        name = printable(path)  # a walk may find names that are not UTF-8
         warnings: list[str] = []
         reached = ""
-        if not os.path.exists(name):
-            reason: str | None = "no such file"
-        elif not os.path.isfile(name):
-            reason = "not a file"
-        else:
-            try:
-                reason, warnings = spk.check(name)
-                if not reason:  # its INFO read again (~1 ms): check's answer holds none
-                    reached = explain.reach(spk.read_spk(name))
-            except OSError as exc:
-                reason = f"cannot be read: {exc.strerror or exc}"
-            except spk.SpkError as exc:  # changed since spk.check read it
-                reason = str(exc)
+        if not reason:
+            reason, warnings, reached = verdict(path)
         for warning in warnings:
             print(f"{name}: warning: {warning}")
         if reached:
             print(f"{name}: reaches {reached}")
         if reason:
             print(f"{name}: rejected: {reason}")
+            rejected += 1
             status = 1
         elif warnings:
-            print(f"{name}: OK, {len(warnings)} warning{'s' if len(warnings) > 1 else ''}")
+            print(f"{name}: OK, {plural(len(warnings), 'warning')}")
+            warned += 1
             status = 1 if strict else status
         else:
             print(f"{name}: OK")
+    if len(targets) > 1 or any(os.path.isdir(path) for path in paths):
+        print(f"{plural(len(targets), 'file')}: {rejected} rejected, {warned} with warnings")
     return status
+
+
+def verdict(name: str) -> tuple[str, list[str], str]:
+    """One file's (reason it is rejected or "", warnings, the NAS it reaches)."""
+    from spklite import explain, spk  # the reader is only needed here
+
+    if not os.path.exists(name):
+        return "no such file", [], ""
+    if not os.path.isfile(name):
+        return "not a file", [], ""
+    try:
+        reason, warnings = spk.check(name)
+        # its INFO read again (~1 ms) for the reach: check's answer holds none
+        return reason or "", warnings, "" if reason else explain.reach(spk.read_spk(name))
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}", [], ""
+    except spk.SpkError as exc:  # changed since spk.check read it
+        return str(exc), [], ""
+
+
+def check_targets(name: str) -> list[tuple[str, str]]:
+    """What `check NAME` looks at, as (path, why it cannot be checked or ""): the name itself, or for a folder
+    every .spk under it that the index would serve, sorted, and each folder under it that cannot be read."""
+    if not os.path.isdir(name):
+        return [(name, "")]
+    from spklite.index import is_candidate_name
+
+    found: list[tuple[str, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        found.append((str(exc.filename), f"cannot read folder: {exc.strerror or exc}"))
+
+    for folder, folders, files in os.walk(name, onerror=unreadable):
+        folders[:] = [sub for sub in folders if not sub.startswith(".")]  # hidden, as the index does
+        found.extend((os.path.join(folder, file), "") for file in files if is_candidate_name(file))
+    return sorted(found) or [(name, "no .spk files in this folder")]
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def run(namespace: argparse.Namespace) -> int:
@@ -281,7 +332,7 @@ def run(namespace: argparse.Namespace) -> int:
         from spklite.doctor import doctor_command
 
         return doctor_command(namespace, lambda: config.load(given_flags(namespace), os.environ, create_file=False))
-    # printing the config must not write files; serving and scanning write the first-run config file
+    # printing the config must not write files; serving and scanning write the first-run config file (below)
     cfg = config.load(given_flags(namespace), os.environ, create_file=command != "config")
     setup_logging(cfg["log-level"])
     if command == "config":
@@ -290,9 +341,12 @@ def run(namespace: argparse.Namespace) -> int:
             sys.stdout.write(f"# home: {cfg['home']}\n# config file: {cfg['config']}{found}\n")
         sys.stdout.write(config.dump(cfg, namespace.format))
         return 0
+    # The first-run file is written once logging is set up (its line must reach the log) and, when serving, once
+    # the keyrings have been read: a start refused for a bad setting writes nothing.
     if command == "scan":
         from spklite.index import scan_command
 
+        config.write_first_run(cfg)
         return scan_command(cfg, sys.stdout)
     from spklite.server import serve
 

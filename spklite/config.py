@@ -4,6 +4,8 @@ the command-line flags (spklite.cli) are all derived.
 A config is a plain dict keyed by dotted key paths ("filesystem.cache", "server.threads"): every key present,
 every value typed and validated, every path absolute. Sources, highest first: flags > environment
 (SPKLITE_<KEY>, then gosspks' GOSSPKS_<KEY>) > YAML file (under `spklite:` or gosspks' `gosspks:`) > defaults.
+A relative path is taken from where it was written: the current folder for flags and the environment, the config
+file's folder for the file, the home folder for the defaults.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def text(
 
 
 def path(allow_empty: bool = False) -> Kind:
-    """A file or folder; made absolute (against the home folder or the working directory) by load()."""
+    """A file or folder; made absolute by load(), against the folder its source stands for."""
 
     def parse(raw: Any) -> str:
         value = _text(raw)
@@ -343,8 +345,12 @@ class Setting(namedtuple("Setting", "key default kind help group aliases file_al
 
     @property
     def env_names(self) -> list[str]:
-        names = (self.key,) + self.file_aliases
-        return [prefix + name.replace(".", "_").replace("-", "_").upper() for prefix in ENV_PREFIXES for name in names]
+        return [env_name(prefix, name) for prefix in ENV_PREFIXES for name in (self.key, *self.file_aliases)]
+
+
+def env_name(prefix: str, name: str) -> str:
+    """The variable for a key path or flag name: (SPKLITE_, filesystem.packages) -> SPKLITE_FILESYSTEM_PACKAGES."""
+    return prefix + name.lstrip("-").replace(".", "_").replace("-", "_").upper()
 
 
 HOST_LOOKUP_SECONDS = 5.0  # a host name to bind must resolve this soon: a resolver that hangs would hang the start
@@ -416,7 +422,7 @@ SCHEMA: tuple[Setting, ...] = (
         "home",
         "",
         path(),
-        "home folder; relative paths and the config file live here (default: $HOME/spklite)",
+        "home folder: the config file, packages and cache are here unless set (default: $HOME/spklite)",
         FILES,
         ("-H",),
         meta=True,
@@ -561,7 +567,9 @@ SCHEMA: tuple[Setting, ...] = (
 BY_KEY: dict[str, Setting] = {s.key: s for s in SCHEMA}
 FILE_ALIASES: dict[str, str] = {alias: s.key for s in SCHEMA for alias in s.file_aliases}
 SECTIONS = {s.key.rsplit(".", 1)[0] for s in SCHEMA if "." in s.key}
-HOME_RELATIVE = ("filesystem.packages", "filesystem.cache", "filesystem.models")
+PATHS = ("filesystem.packages", "filesystem.cache", "filesystem.models")  # and the keyrings that are files
+# SPKLITE_ names that are not settings: the DSM package's start script and the test suite's own.
+OTHER_ENV_NAMES = ("SPKLITE_SHARE_DIR", "SPKLITE_STRESS")
 
 
 # Loading ####################################################################################################
@@ -595,8 +603,27 @@ def _pick(
     return setting.default, ""
 
 
-def _absolute(value: str, base: str) -> str:
-    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+def _absolute(value: str, base: str = "") -> str:
+    """`value` made absolute against `base`, or against the current folder when `base` is empty."""
+    return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
+
+
+def _base(source: str, home: str, config_file: str) -> str:
+    """The folder a relative path from `source` is taken from: where the person who wrote it stood."""
+    if not source:
+        return home  # the defaults: <home>/packages, <home>/cache
+    if source == config_file:
+        return os.path.dirname(config_file)
+    return ""  # a flag or an environment variable: the current folder
+
+
+def _anchored(key: str, value: Any, base: str) -> Any:
+    """A setting's value with its relative paths made absolute against `base`."""
+    if key in PATHS and value:
+        return _absolute(value, base)
+    if key == "keyrings":
+        return [entry if is_armoured(entry) else _absolute(entry, base) for entry in value]
+    return value
 
 
 def _locate(flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str]:
@@ -604,13 +631,13 @@ def _locate(flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, 
     home_setting, config_setting = BY_KEY["home"], BY_KEY["config"]
     raw, source = _pick(home_setting, flags, environ, {}, "")
     if source:
-        home = _absolute(_parse(home_setting, raw, source), os.getcwd())
+        home = _absolute(_parse(home_setting, raw, source))
     else:
         user_home = environ.get("HOME") or os.path.expanduser("~")
-        home = _absolute(os.path.join(user_home, "spklite"), os.getcwd())
+        home = _absolute(os.path.join(user_home, "spklite"))
     raw, source = _pick(config_setting, flags, environ, {}, "")
     if source:
-        return home, _absolute(_parse(config_setting, raw, source), os.getcwd())
+        return home, _absolute(_parse(config_setting, raw, source))
     config_file = os.path.join(home, CONFIG_NAME)
     gosspks_file = os.path.join(home, GOSSPKS_CONFIG_NAME)
     if not os.path.exists(config_file) and os.path.isfile(gosspks_file):
@@ -793,20 +820,19 @@ def _flatten(mapping: dict[Any, Any], prefix: str, out: dict[str, Any], ignored:
 def load(flags: Mapping[str, Any], environ: Mapping[str, str], *, create_file: bool = True) -> dict[str, Any]:
     """The complete, typed, validated config. `flags` holds only the flags the user gave (dotted key -> raw).
 
-    With `create_file`, a missing config file is written with the effective values when possible (first run),
-    and the parsed config file is kept for the next start (`parsed_yaml`); without it nothing is written.
+    With `create_file`, the parsed config file is kept for the next start (`parsed_yaml`); without it nothing is
+    written. A missing config file is written by `write_first_run`.
     """
     home, config_file = _locate(flags, environ)
     from_file = read_file(config_file, keep_parsed=create_file)
+    _warn_unknown_environment(environ)
     cfg: dict[str, Any] = {"home": home, "config": config_file}
     for setting in SCHEMA:
         if not setting.meta:
             raw, source = _pick(setting, flags, environ, from_file or {}, config_file)
-            cfg[setting.key] = _parse(setting, raw, source)
-    for key in HOME_RELATIVE:
-        if cfg[key]:
-            cfg[key] = _absolute(cfg[key], home)
-    cfg["keyrings"] = [k if is_armoured(k) else _absolute(k, home) for k in cfg["keyrings"]]
+            cfg[setting.key] = _anchored(setting.key, _parse(setting, raw, source), _base(source, home, config_file))
+            if setting.key == "filesystem.packages":
+                _check_packages_folder(cfg[setting.key], source)
     _check_together(cfg)
     _check_waitress(cfg)
     if cfg["filesystem.models"] and not os.path.isfile(cfg["filesystem.models"]):
@@ -814,9 +840,44 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str], *, create_file: b
         # (and a device such as /dev/zero would never end)
         log.warning("filesystem.models: '%s' is not a file, using the bundled model list", cfg["filesystem.models"])
         cfg["filesystem.models"] = ""
-    if from_file is None and create_file:
-        _write_first_run(cfg)
     return cfg
+
+
+def _warn_unknown_environment(environ: Mapping[str, str]) -> None:
+    """A misspelt SPKLITE_/GOSSPKS_ variable would be ignored without a word: name it, and what it likely meant."""
+    known = {name for setting in SCHEMA for name in setting.env_names}
+    for name, value in sorted(environ.items()):
+        if not value or not name.startswith(ENV_PREFIXES) or name in known or name in OTHER_ENV_NAMES:
+            continue
+        prefix, rest = name[:8], name[8:]  # both prefixes have 8 letters
+        if rest.split("_")[0].lower() in IGNORED_GOSSPKS_SECTIONS:
+            log.warning("environment %s ignored: the index is live, CORS is always on", _shown(name))
+            continue
+        import difflib
+
+        meant = _env_spellings(prefix)
+        close = difflib.get_close_matches(name, sorted(meant), n=1)
+        hint = f" (did you mean {meant[close[0]]}?)" if close else ""
+        log.warning("environment %s ignored: no such setting%s", _shown(name), hint)
+
+
+def _env_spellings(prefix: str) -> dict[str, str]:
+    """Variable names a person may try -> the setting's variable: its key, gosspks' names and its long flags
+    (SPKLITE_PACKAGES, after --packages, means SPKLITE_FILESYSTEM_PACKAGES)."""
+    spellings: dict[str, str] = {}
+    for setting in SCHEMA:
+        names = (setting.key, *setting.file_aliases, *(a for a in setting.aliases if a.startswith("--")))
+        for name in names:
+            spellings.setdefault(env_name(prefix, name), env_name(prefix, setting.key))
+    return spellings
+
+
+def _check_packages_folder(folder: str, source: str) -> None:
+    """A packages folder that does not exist yet is fine (served empty until it does); a file never becomes one."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        where = f" (from {source})" if source else ""
+        shown = folder.encode("utf-8", "backslashreplace").decode("utf-8")  # whole: a path cut short names none
+        raise ConfigError(f"filesystem.packages: '{shown}' is not allowed: it is a file; a folder of .spk files{where}")
 
 
 def _check_together(cfg: Mapping[str, Any]) -> None:
@@ -847,19 +908,24 @@ def _check_waitress(cfg: Mapping[str, Any]) -> None:
         ) from None
 
 
-def _write_first_run(cfg: Mapping[str, Any]) -> None:
-    """Write the effective values to the missing config file; a read-only place is fine, just logged."""
+FIRST_RUN_HEADER = """\
+# spklite configuration, written on first run: every setting at its default, each with what it does.
+# Change what you need here. Flags (spklite --help) and environment variables (SPKLITE_<KEY>) beat this file
+# and are never saved into it. Relative paths in this file are taken from this file's folder.
+"""
+
+
+def write_first_run(cfg: Mapping[str, Any]) -> None:
+    """When the config file is missing, write it with the defaults, not the effective values: a port given once
+    by a flag, or a systemd override removed later, must not stick. A read-only place is fine, just logged."""
     config_file, home = cfg["config"], cfg["home"]
+    if os.path.lexists(config_file):
+        return
     temporary = f"{config_file}.{os.getpid()}.tmp"
     try:
         os.makedirs(home, exist_ok=True)
         with open(temporary, "x", encoding="utf-8") as stream:
-            stream.write(
-                "# spklite configuration, written on first run with the effective values.\n"
-                "# Every setting is also a flag (spklite --help) and an environment variable "
-                "(SPKLITE_<KEY>).\n"
-            )
-            stream.write(dump(cfg, relative_to=home))
+            stream.write(FIRST_RUN_HEADER + commented(defaults(home), os.path.dirname(config_file)))
         os.replace(temporary, config_file)  # atomic: never a half-written config
     except OSError as exc:
         log.info("could not write %s: %s", config_file, exc.strerror or exc)
@@ -868,7 +934,12 @@ def _write_first_run(cfg: Mapping[str, Any]) -> None:
         except OSError:
             pass
     else:
-        log.info("wrote %s with the effective settings", config_file)
+        log.info("wrote %s with the default settings: edit it to keep a setting", config_file)
+
+
+def defaults(home: str) -> dict[str, Any]:
+    """Every setting (home and config aside) at its default value, paths inside `home`."""
+    return {s.key: _anchored(s.key, s.kind.parse(s.default), home) for s in SCHEMA if not s.meta}
 
 
 # Output #####################################################################################################
@@ -881,7 +952,7 @@ def document(cfg: Mapping[str, Any], relative_to: str = "") -> dict[str, Any]:
         if setting.meta:
             continue
         value = setting.kind.show(cfg[setting.key])
-        if relative_to and setting.key in HOME_RELATIVE and value.startswith(relative_to.rstrip("/") + "/"):
+        if relative_to and setting.key in PATHS and value.startswith(relative_to.rstrip("/") + "/"):
             value = os.path.relpath(value, relative_to)
         *sections, leaf = setting.key.split(".")
         node = settings
@@ -899,15 +970,39 @@ def dump(cfg: Mapping[str, Any], fmt: str = "yaml", *, relative_to: str = "") ->
 
         return json.dumps(data, indent=2) + "\n"
     if fmt == "yaml":
-        import yaml
-
-        class Dumper(yaml.SafeDumper):
-            """Multi-line text (armoured keys) as readable YAML literal blocks."""
-
-        Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
-            "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
-        return yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+        return _yaml(data)
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def commented(cfg: Mapping[str, Any], relative_to: str = "") -> str:
+    """The config as YAML with a comment above each setting: what it does, what it takes, its flag and variable."""
+    settings = document(cfg, relative_to)[TOP_KEY]
+    lines = [f"{TOP_KEY}:"]
+    section = ""
+    for setting in SCHEMA:  # the schema keeps each section's settings together, one level deep
+        if setting.meta:
+            continue
+        here, _, leaf = setting.key.rpartition(".")
+        if here != section:
+            lines += ["", f"  {here}:"] if here else [""]  # top-level keys may follow a section
+            section = here
+        indent = "    " if here else "  "
+        lines.append(f"{indent}# {setting.help} ({setting.flag}, {setting.env_names[0]})")
+        lines.append(f"{indent}#   {setting.kind.allowed}")
+        value = settings[here][leaf] if here else settings[leaf]
+        lines += [indent + line for line in _yaml({leaf: value}).splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        """Multi-line text (armoured keys) as readable YAML literal blocks."""
+
+    Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def keyring_texts(cfg: Mapping[str, Any]) -> list[str]:

@@ -226,6 +226,7 @@ def serve(cfg: Mapping[str, Any]) -> int:
 
 def _serve(cfg: Mapping[str, Any]) -> int:
     keyrings = config.keyring_texts(cfg)
+    config.write_first_run(cfg)  # before the default packages folder: it makes the home
     ensure_default_packages_folder(cfg)
     index = open_index(cfg)
     watcher: watch.Watcher = watch.Watcher()

@@ -63,10 +63,11 @@ def free_port() -> int:
 
 
 class Running:
-    """A real spklite process serving on 127.0.0.1 (`python -m spklite`, or the given launcher)."""
+    """A real spklite process serving on 127.0.0.1 (`python -m spklite`, or the given launcher), started in
+    `cwd` (default: the checkout)."""
 
     def __init__(self, home: Path, args: List[str], env: Optional[Dict[str, str]] = None,
-                 launcher: Optional[List[str]] = None, inherit_env: bool = True):
+                 launcher: Optional[List[str]] = None, inherit_env: bool = True, cwd: Optional[Path] = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [*(launcher or [sys.executable, "-m", "spklite"]), "--home", str(home), "--host", "127.0.0.1",
@@ -74,7 +75,7 @@ class Running:
         self.log = open(home.parent / f"spklite-{self.port}.log", "w+")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**(os.environ if inherit_env else {}), **(env or {})},
-                                     cwd=str(TESTS.parent))
+                                     cwd=str(cwd or TESTS.parent))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -116,10 +117,10 @@ def run_server(tmp_path: Path) -> Iterator[Any]:
     started: List[Running] = []
 
     def run(*args: str, home: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
-            launcher: Optional[List[str]] = None) -> Running:
+            launcher: Optional[List[str]] = None, cwd: Optional[Path] = None) -> Running:
         home = home or tmp_path / "home"
         home.mkdir(exist_ok=True)
-        server = Running(home, list(args), env, launcher)
+        server = Running(home, list(args), env, launcher, cwd=cwd)
         started.append(server)
         return server
 

@@ -103,7 +103,7 @@ def test_gosspks_flag_names(run: Run, home: Path, tmp_path: Path) -> None:
         "config",
         "-j",
     )
-    assert cfg["filesystem"]["cache"] == str(home / "c")
+    assert cfg["filesystem"]["cache"] == str(home.parent / "c")  # a flag's relative path: from the current folder
     assert cfg["filesystem"]["packages"] == "/srv/spk"
     assert cfg["router"] == {"download": "/dl", "static": "/img"}
     assert cfg["debug-package"] is True
@@ -418,7 +418,8 @@ def test_check_rejects_broken_and_missing_files(run: Run, tmp_path: Path) -> Non
     assert lines[1] == f"{good}: OK"
     assert lines[2].startswith(f"{broken}: rejected: ") and "compressed" in lines[2]
     assert lines[3] == f"{missing}: rejected: no such file"
-    assert len(lines) == 4  # a rejected file reaches no NAS: no "reaches" line
+    assert lines[4] == "3 files: 2 rejected, 0 with warnings"
+    assert len(lines) == 5  # a rejected file reaches no NAS: no "reaches" line
 
 
 def test_check_warnings_fail_only_with_strict(run: Run, tmp_path: Path) -> None:

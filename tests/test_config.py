@@ -299,26 +299,28 @@ def test_the_parsed_file_is_not_kept_by_the_config_command_or_when_json_would_ch
 # First run ##################################################################################################
 
 
-def test_first_run_writes_the_effective_values(home: Path) -> None:
+def test_first_run_writes_the_defaults(home: Path) -> None:
     cfg = load_in(home, {"port": "9000"}, {"SPKLITE_DEFAULTS_MAINTAINER": "Me"})
+    assert not (home / "config.yml").exists()  # loading writes nothing: write_first_run does, once logging is set
+    config.write_first_run(cfg)
     text = (home / "config.yml").read_text()
     document = yaml.safe_load(text)
-    assert document["spklite"]["port"] == 9000
-    assert document["spklite"]["defaults"]["maintainer"] == "Me"
+    assert document["spklite"]["port"] == 8080  # this run's flag and variable are not saved
+    assert document["spklite"]["defaults"]["maintainer"] == ""
     assert document["spklite"]["filesystem"]["packages"] == "packages"  # inside home: written relative
     assert "home" not in document["spklite"] and "config" not in document["spklite"]
-    assert load_in(home) == cfg  # read back, it is the same config
+    assert load_in(home) == load_in(home, create_file=False) == {**cfg, "port": 8080, "defaults.maintainer": ""}
 
 
 def test_an_existing_file_is_never_rewritten(home: Path) -> None:
     path = write_config(home, "spklite:\n  port: 1234\n")
-    load_in(home, {"port": "4321"})
+    config.write_first_run(load_in(home, {"port": "4321"}))
     assert path.read_text() == "spklite:\n  port: 1234\n"
 
 
 def test_first_run_file_at_an_explicit_config_path(tmp_path: Path, home: Path) -> None:
     target = tmp_path / "elsewhere.yml"
-    load_in(home, {"config": str(target)})
+    config.write_first_run(load_in(home, {"config": str(target)}))
     assert yaml.safe_load(target.read_text())["spklite"]["port"] == 8080
 
 
@@ -326,6 +328,7 @@ def test_no_crash_when_the_home_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     cfg = load({"home": str(blocker / "home")}, {})
+    config.write_first_run(cfg)
     assert cfg["port"] == 8080
     assert blocker.read_text() == "not a folder"
 
@@ -337,6 +340,7 @@ def test_no_crash_when_the_home_is_read_only(tmp_path: Path) -> None:
     home.chmod(0o555)
     try:
         cfg = load({"home": str(home)}, {})
+        config.write_first_run(cfg)
         assert cfg["home"] == str(home) and not (home / "config.yml").exists()
     finally:
         home.chmod(0o755)
@@ -506,22 +510,26 @@ def test_the_message_names_an_environment_source(home: Path) -> None:
 # Paths and keyrings #########################################################################################
 
 
-def test_relative_paths_are_taken_against_the_home(home: Path, tmp_path: Path) -> None:
+def test_relative_flag_paths_are_taken_from_the_current_folder(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     models = tmp_path / "models.yml"
     models.write_text("[]\n")
+    monkeypatch.chdir(tmp_path)
     cfg = load_in(
         home,
         {"filesystem.packages": "spk", "filesystem.cache": "/var/cache/spklite", "filesystem.models": str(models)},
         create_file=False,
     )
-    assert cfg["filesystem.packages"] == str(home / "spk")
+    assert cfg["filesystem.packages"] == str(tmp_path / "spk")
     assert cfg["filesystem.cache"] == "/var/cache/spklite"
     assert cfg["filesystem.models"] == str(models)
 
 
-def test_keyrings_files_and_armoured_keys(home: Path, tmp_path: Path) -> None:
+def test_keyrings_files_and_armoured_keys(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home.mkdir()
     (home / "mine.asc").write_text("comment\n" + KEY + "\n")
+    monkeypatch.chdir(home)
     cfg = load_in(home, {"keyrings": ["mine.asc", KEY]}, create_file=False)
     assert cfg["keyrings"] == [str(home / "mine.asc"), KEY]
     assert config.keyring_texts(cfg) == [KEY, KEY]

@@ -178,3 +178,26 @@ def test_serves_a_catalog_and_stops_cleanly(python: str, pyz: Path, tmp_path: Pa
     finally:
         server.stop(signal.SIGKILL)
         server.log.close()
+
+
+@needs_bare
+def test_the_readme_example_serves_the_packages_folder_where_it_is_run(python: str, pyz: Path, tmp_path: Path) -> None:
+    """README: `python3 spklite.pyz --packages ./packages`, run in the folder that holds `packages`, the pyz
+    elsewhere: it serves that folder, and the first-run file in the home keeps the default."""
+    site = tmp_path / "site"
+    (site / "packages").mkdir(parents=True)
+    build_spk(site / "packages" / "demo.spk")
+    user = tmp_path / "user"
+    user.mkdir()
+    home = user / "spklite"  # the default home for this HOME, named as Running names every home
+    server = Running(home, ["--packages", "./packages"], launcher=[python, "-I", str(pyz)], cwd=site,
+                     env={"PATH": os.environ.get("PATH", ""), "HOME": str(user)}, inherit_env=False)
+    try:
+        assert catalog_packages(server.url) == ["demo"]
+        assert f"packages: {site / 'packages'}, cache: {home / 'cache'}, watch: " in server.output()
+        assert f"wrote {home / 'config.yml'}" in server.output()
+        assert "packages: packages\n" in (home / "config.yml").read_text()  # <home>/packages: not ./packages
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+        server.log.close()
