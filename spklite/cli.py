@@ -39,6 +39,7 @@ COMMANDS = (  # name, gosspks' aliases, help
     ("check", (), "check .spk files like a linter: exit 1 when one is rejected"),
     ("scan", (), "index the packages folder, write the snapshot, print a summary"),
     ("doctor", (), "check a package source (default: this server) as DSM 7, 6 and 5 units see it"),
+    ("key", (), "make an API key for publishing (key add NAME): printed once, with its config line"),
 )
 EPILOG = """\
 Every setting is also a config file key (under `spklite:`, nested by its dots) and an environment variable
@@ -137,6 +138,9 @@ def add_command_flags(name: str, sub: argparse.ArgumentParser) -> None:
     elif name == "check":
         sub.add_argument("files", nargs="+", metavar="FILE.spk", help="package files to check")
         sub.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    elif name == "key":
+        sub.add_argument("action", choices=["add"], help="add: make a new key")
+        sub.add_argument("name", metavar="NAME", help="who or what uses it (letters, digits, . _ -)")
     elif name == "doctor":
         from spklite import doctor
 
@@ -268,6 +272,23 @@ def check(files: Sequence[str], strict: bool) -> int:
     return status
 
 
+def key_add(name: str) -> int:
+    """`spklite key add NAME`: a new API key, shown once; the config keeps only its salted hash."""
+    from spklite import publish
+
+    try:
+        key, entry = publish.new_key(name)
+    except ValueError as exc:
+        print(f"{PROG}: key add: {exc}", file=sys.stderr)
+        return 2
+    print(f"API key for {name} (shown only now: keep it in your CI's secrets or spksrc's local.mk):\n\n  {key}\n")
+    print("Enable it with this entry under publish.keys in the config file (it holds only a salted hash),")
+    print("then restart spklite:\n")
+    print(f"spklite:\n  publish:\n    keys:\n      - {entry}\n")
+    print(f"or: --publish-key {entry}  (or SPKLITE_PUBLISH_KEYS, several separated by spaces)")
+    return 0
+
+
 def run(namespace: argparse.Namespace) -> int:
     command = getattr(namespace, "command", "serve")
     if command != "serve":
@@ -277,6 +298,8 @@ def run(namespace: argparse.Namespace) -> int:
         return 0
     if command == "check":
         return check(namespace.files, namespace.strict)
+    if command == "key":
+        return key_add(namespace.name)
     if command == "doctor":
         from spklite.doctor import doctor_command
 
