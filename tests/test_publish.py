@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -420,3 +421,43 @@ def _try(work: Callable[..., Any], *args: Any) -> None:
         work(*args)
     except (OSError, urllib.error.URLError):
         pass
+
+
+# The key command, settings ##################################################################################
+
+
+def test_key_add_prints_a_key_once_and_the_entry_that_enables_it(folder: Path, tmp_path: Path,
+                                                                  run_server: Callable[..., Any]) -> None:
+    done = subprocess.run([sys.executable, "-m", "spklite", "key", "add", "build-bot"], capture_output=True,
+                          text=True, timeout=30, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.split("\n\n")[1].strip()
+    entry = next(word for word in done.stdout.split() if word.startswith("build-bot:"))
+    assert key not in entry and not (tmp_path / "spklite").exists()  # nothing written anywhere
+    # the environment variable takes entries separated by spaces
+    server = run_server("--packages", str(folder), env={"SPKLITE_PUBLISH_KEYS": f"{ENTRY} {entry}"})
+    assert upload(server.port, spk_bytes(tmp_path), key=key)[0] == 201
+    assert upload(server.port, spk_bytes(tmp_path, "other"), key=KEY)[0] == 201
+    bad = subprocess.run([sys.executable, "-m", "spklite", "key", "add", "no spaces"], capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 2 and "key name" in bad.stderr and not bad.stdout
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("--publish-folder", "../outside"),
+    ("--publish-folder", "/"),
+    ("--publish-folder", "."),
+    ("--download", "/packages"),
+])
+def test_a_publish_folder_outside_the_packages_folder_is_refused(folder: Path, tmp_path: Path, setting: str,
+                                                                  value: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "spklite", "--home", str(tmp_path / "home"), "--packages",
+                           str(folder), "--publish-key", ENTRY, setting, value, "--port", "1"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "not allowed" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_bad_key_entry_is_refused_with_the_format(folder: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "spklite", "--home", str(tmp_path / "home"), "--publish-key",
+                           "ci:the-plain-key", "config"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "publish.keys" in done.stderr and "NAME:SALT:HASH" in done.stderr
