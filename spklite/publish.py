@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -31,6 +32,8 @@ TEMP_PREFIX = ".spklite-upload-"  # hidden and not .spk: the index never offers 
 CHUNK = 1 << 20
 CHALLENGE = 'Basic realm="spklite publish", charset="UTF-8"'
 JSON_TYPE = "application/json; charset=utf-8"
+
+log = logging.getLogger(__name__)
 
 
 # Keys #######################################################################################################
@@ -121,7 +124,7 @@ class Publisher:
         auth = bottle.parse_auth(environ.get("HTTP_AUTHORIZATION", ""))
         return key_name(self.keys, auth[0]) if auth else None
 
-    def upload(self, environ: Dict[str, Any], overwrite: bool) -> bottle.HTTPResponse:
+    def upload(self, environ: Dict[str, Any], overwrite: bool, by: str) -> bottle.HTTPResponse:
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -150,7 +153,7 @@ class Publisher:
                 return answer(422, "invalid package: " + "; ".join(reasons + warnings), reasons=reasons,
                               warnings=warnings)
             info = spk.read_spk(temp).info
-            return self.land(temp, info, overwrite, environ)
+            return self.land(temp, info, overwrite, environ, by)
         except spk.SpkError as exc:  # changed under us since the check: cannot be ours, but say so
             return answer(422, f"invalid package: {exc}", reasons=[str(exc)], warnings=[])
         except OSError as exc:
@@ -161,7 +164,7 @@ class Publisher:
             except OSError:
                 pass
 
-    def land(self, temp: str, info: Mapping[str, str], overwrite: bool, environ: Dict[str, Any]) -> Any:
+    def land(self, temp: str, info: Mapping[str, str], overwrite: bool, environ: Dict[str, Any], by: str) -> Any:
         name = file_name(info)
         rel = os.path.join(self.rel, name)
         target = os.path.join(self.folder, name)
@@ -182,6 +185,7 @@ class Publisher:
                 except FileExistsError:
                     return answer(409, f"{printable(rel)} is already published", files=[printable(rel)])
             record = index.update([rel]).records.get(rel)
+        log.info("published %s (key %s)", printable(rel), by)
         if record is None:  # refused by the index after passing the check: not expected, but never a 500
             return answer(201, "published", file=printable(rel))
         if self.md5:
@@ -200,7 +204,7 @@ class Publisher:
         body["architectures"] = body.get("arch", "").split()
         return json_answer(body, 201, Location=f"/v1/packages/{printable(rel)}")
 
-    def delete(self, name: str) -> bottle.HTTPResponse:
+    def delete(self, name: str, by: str) -> bottle.HTTPResponse:
         """Remove a published file: a name in the publish folder (or its /v1 file name, folder included)."""
         name = name[len(self.rel) + 1:] if name.startswith(self.rel + "/") else name
         if "/" in name or not is_candidate_name(name):
@@ -214,6 +218,7 @@ class Publisher:
             except OSError as exc:
                 return answer(507, f"cannot remove {name!r}: {exc.strerror or exc}")
             self.server.index.update([rel])
+        log.info("deleted %s (key %s)", printable(rel), by)
         return answer(200, "deleted", file=printable(rel))
 
 
@@ -255,17 +260,18 @@ def add_routes(app: bottle.Bottle, cfg: Mapping[str, Any], server: Server) -> No
     publisher = Publisher(cfg, server)
 
     def authorized(work: Any) -> Any:
-        if publisher.authorized(bottle.request.environ) is None:
+        name = publisher.authorized(bottle.request.environ)
+        if name is None:
             response = answer(401, "an API key is needed: send it as the Basic-auth user name (curl -u KEY:)")
             response.set_header("WWW-Authenticate", CHALLENGE)
             return response
-        return work()
+        return work(name)
 
     @app.post(ROUTE)
     def upload() -> Any:
         overwrite = (bottle.request.query.getunicode("overwrite") or "").lower() in ("1", "true", "yes")
-        return authorized(lambda: publisher.upload(bottle.request.environ, overwrite))
+        return authorized(lambda by: publisher.upload(bottle.request.environ, overwrite, by))
 
     @app.delete(ROUTE + "/<name:path>")
     def delete(name: str) -> Any:
-        return authorized(lambda: publisher.delete(name))
+        return authorized(lambda by: publisher.delete(name, by))

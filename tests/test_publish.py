@@ -123,6 +123,8 @@ def test_spksrc_publish_request_is_answered_like_spkrepo(publishing: Callable[..
         k: v for k, v in answer.items() if k not in ("firmware", "architectures")}
     assert "alpha" in offered(server) and time.monotonic() - started < 1.0
     assert server.get("/download/published/alpha_x86_64_1.0-1.spk")[2] == data
+    assert wait_for(lambda: "published published/alpha_x86_64_1.0-1.spk (key ci)" in server.output())
+    assert KEY not in server.output()  # the log says which key, never the key
 
     status, _, body = exchange(server.port, httpie_request(server.port, KEY, data))
     assert status == 409 and body.startswith(b'{"message":')
