@@ -135,6 +135,8 @@ class Publisher:
             return answer(413, f"larger than publish.max-size ({self.max_size} bytes)")
         if overwrite and not self.overwrite:
             return answer(403, "overwriting is not allowed here (publish.overwrite)")
+        if not os.path.isdir(self.server.index.root):  # an unmounted disk: nothing is made on its mount point
+            return answer(507, "the packages folder is not available")
         try:
             os.makedirs(self.folder, exist_ok=True)
             fd, temp = _temp_file(self.folder)
@@ -154,7 +156,7 @@ class Publisher:
                               warnings=warnings)
             info = spk.read_spk(temp).info
             return self.land(temp, info, overwrite, environ, by)
-        except spk.SpkError as exc:  # changed under us since the check: cannot be ours, but say so
+        except spk.SpkError as exc:  # the reader disagreeing with the check: not expected, still no 500
             return answer(422, f"invalid package: {exc}", reasons=[str(exc)], warnings=[])
         except OSError as exc:
             return answer(507, f"cannot write to the publish folder: {exc.strerror or exc}")

@@ -463,3 +463,12 @@ def test_a_bad_key_entry_is_refused_with_the_format(folder: Path, tmp_path: Path
     done = subprocess.run([sys.executable, "-m", "spklite", "--home", str(tmp_path / "home"), "--publish-key",
                            "ci:the-plain-key", "config"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "publish.keys" in done.stderr and "NAME:SALT:HASH" in done.stderr
+
+
+def test_no_upload_lands_where_the_packages_folder_is_missing(publishing: Callable[..., Any], folder: Path,
+                                                              tmp_path: Path) -> None:
+    """An unmounted disk: its mount point stays empty (no packages/published made on the disk beneath)."""
+    server = publishing()
+    folder.rmdir()
+    status, _, answer = upload(server.port, spk_bytes(tmp_path))
+    assert status == 507 and "not available" in answer["message"] and not folder.exists()
