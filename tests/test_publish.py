@@ -272,13 +272,19 @@ def test_a_2gb_body_is_refused_before_it_is_read(publishing: Callable[..., Any],
     assert published(folder) == [] and server.json("/health")["status"] == "ok"
 
 
+def chunked_head() -> bytes:
+    """An upload's head without a length (httpraw.build would add Content-Length: 0)."""
+    return build("POST", "/packages", {"Authorization": basic(KEY), "Transfer-Encoding": "chunked"}).replace(
+        b"Content-Length: 0\r\n", b"")
+
+
 def test_a_chunked_body_over_the_limit_is_cut_at_the_limit(publishing: Callable[..., Any], folder: Path,
                                                            tmp_path: Path) -> None:
     """No length to refuse up front (chunked, claiming nothing): read up to publish.max-size, then 413; the
     buffer is gone with the connection."""
     server = publishing("--publish-max-size", "4MiB")
     pid, before = server.proc.pid, rss(server.proc.pid)
-    head = build("POST", "/packages", {"Authorization": basic(KEY), "Transfer-Encoding": "chunked"})
+    head = chunked_head()
     chunk = b"10000\r\n" + os.urandom(1 << 16) + b"\r\n"
     peak: List[int] = [0]
     stop = threading.Event()
@@ -472,3 +478,14 @@ def test_no_upload_lands_where_the_packages_folder_is_missing(publishing: Callab
     folder.rmdir()
     status, _, answer = upload(server.port, spk_bytes(tmp_path))
     assert status == 507 and "not available" in answer["message"] and not folder.exists()
+
+
+def test_a_chunked_upload_lands(publishing: Callable[..., Any], folder: Path, tmp_path: Path) -> None:
+    """CI tools that stream (curl -T -, HTTP clients without a length) send chunks."""
+    server = publishing()
+    data = spk_bytes(tmp_path, package_tgz=os.urandom(1 << 20))
+    body = b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + 70000]), data[i:i + 70000]) for i in range(0, len(data), 70000))
+    head = chunked_head()
+    status, _, answer = exchange(server.port, head + body + b"0\r\n\r\n")
+    assert status == 201 and json.loads(answer)["size"] == len(data)
+    assert (folder / "published" / "alpha_x86_64_1.0-1.spk").read_bytes() == data
