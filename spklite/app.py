@@ -384,6 +384,13 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
 
     for status in (400, 403, 404, 405, 413, 416, 500):
         app.error(status)(lambda err, status=status: json_error_page(err, status))
+
+    # -- publishing: POST /packages, DELETE /packages/<file> (only with API keys) ----------
+
+    if cfg["publish.keys"]:
+        from spklite import publish
+
+        publish.add_routes(app, cfg, server)
     return CatalogFront(app, server)
 
 

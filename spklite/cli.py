@@ -40,6 +40,7 @@ COMMANDS = (  # name, gosspks' aliases, help
     ("check", (), "check .spk files (or every one under a folder) like a linter: exit 1 when one is rejected"),
     ("scan", (), "index the packages folder, write the snapshot, print a summary"),
     ("doctor", (), "check a package source (default: this server) as DSM 7, 6 and 5 units see it"),
+    ("key", (), "make an API key for publishing (key add NAME): printed once, with its config line"),
 )
 EPILOG = """\
 Every setting is also a config file key (under `spklite:`, nested by its dots) and an environment variable
@@ -140,6 +141,9 @@ def add_command_flags(name: str, sub: argparse.ArgumentParser) -> None:
     elif name == "check":
         sub.add_argument("files", nargs="+", metavar="FILE.spk", help="package files, or folders (every .spk under)")
         sub.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    elif name == "key":
+        sub.add_argument("action", choices=["add"], help="add: make a new key")
+        sub.add_argument("name", metavar="NAME", help="who or what uses it (letters, digits, . _ -)")
     elif name == "doctor":
         from spklite import doctor
 
@@ -302,21 +306,33 @@ def check_targets(name: str) -> list[tuple[str, str]]:
     every .spk under it that the index would serve, sorted, and each folder under it that cannot be read."""
     if not os.path.isdir(name):
         return [(name, "")]
-    from spklite.index import is_candidate_name
+    from spklite.index import Index
 
-    found: list[tuple[str, str]] = []
-
-    def unreadable(exc: OSError) -> None:
-        found.append((str(exc.filename), f"cannot read folder: {exc.strerror or exc}"))
-
-    for folder, folders, files in os.walk(name, onerror=unreadable):
-        folders[:] = [sub for sub in folders if not sub.startswith(".")]  # hidden, as the index does
-        found.extend((os.path.join(folder, file), "") for file in files if is_candidate_name(file))
+    index = Index(name, os.devnull)  # its walk: iterative (any depth), loops ended, hidden entries left out
+    found = [(os.path.join(name, rel), "") for rel in index.walk()]
+    found += [(os.path.join(name, rel), why) for rel, why in index.unreadable.items()]
     return sorted(found) or [(name, "no .spk files in this folder")]
 
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def key_add(name: str) -> int:
+    """`spklite key add NAME`: a new API key, shown once; the config keeps only its salted hash."""
+    from spklite import publish
+
+    try:
+        key, entry = publish.new_key(name)
+    except ValueError as exc:
+        print(f"{PROG}: key add: {exc}", file=sys.stderr)
+        return 2
+    print(f"API key for {name} (shown only now: keep it in your CI's secrets or spksrc's local.mk):\n\n  {key}\n")
+    print("Enable it with this entry under publish.keys in the config file (it holds only a salted hash),")
+    print("then restart spklite:\n")
+    print(f"spklite:\n  publish:\n    keys:\n      - {entry}\n")
+    print(f"or: --publish-key {entry}  (or SPKLITE_PUBLISH_KEYS, several separated by spaces)")
+    return 0
 
 
 def run(namespace: argparse.Namespace) -> int:
@@ -328,6 +344,8 @@ def run(namespace: argparse.Namespace) -> int:
         return 0
     if command == "check":
         return check(namespace.files, namespace.strict)
+    if command == "key":
+        return key_add(namespace.name)
     if command == "doctor":
         from spklite.doctor import doctor_command
 

@@ -313,6 +313,14 @@ PROXY_HEADER_LIST = string_list(
 )
 
 
+API_KEYS = string_list(
+    lambda raw: re.split(r"[\s,]+", raw.strip()) if raw.strip() else [],
+    lambda item: bool(re.fullmatch(r"[A-Za-z0-9._-]{1,64}:[0-9a-f]{32}:[0-9a-f]{64}", item)),
+    "lines NAME:SALT:HASH as `spklite key add NAME` prints them",
+    "KEY",
+)
+
+
 def _parse_trusted_proxy(raw: Any) -> str:
     value = _text(raw)
     if value not in ("", "*"):
@@ -406,15 +414,16 @@ LOG_LEVEL = choice(
     metavar="LEVEL",
 )
 # Help groups, in the order --help shows them.
-FILES, NETWORK, CATALOG, INDEX, LOGGING, TUNING = (
+FILES, NETWORK, CATALOG, INDEX, LOGGING, TUNING, PUBLISHING = (
     "files and folders",
     "network and URLs",
     "catalog",
     "index",
     "logging",
     "server tuning",
+    "publishing (uploads with API keys)",
 )
-GROUPS = (FILES, NETWORK, CATALOG, INDEX, LOGGING, TUNING)
+GROUPS = (FILES, NETWORK, CATALOG, INDEX, LOGGING, TUNING, PUBLISHING)
 
 # The order here is the order of the config file.
 SCHEMA: tuple[Setting, ...] = (
@@ -563,6 +572,28 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("defaults.distributor", "", text(), "distributor shown when INFO has none", CATALOG),
     Setting("defaults.distributor-url", "", text(), "distributor URL shown when INFO has none", CATALOG),
     Setting("defaults.support-url", "", text(), "support URL shown when INFO has none", CATALOG),
+    # Publishing (spklite.publish): off while no key is configured.
+    Setting(
+        "publish.keys",
+        [],
+        API_KEYS,
+        "API keys allowed to upload and delete, as `spklite key add NAME` prints them (--publish-key may be "
+        "repeated); none: no upload route",
+        PUBLISHING,
+        ("--publish-key",),
+    ),
+    Setting(
+        "publish.folder",
+        "",
+        text(allowed="a folder inside the packages folder (relative: to it), or empty for <packages>/published",
+             metavar="PATH"),
+        "where uploads land, inside the packages folder (default: <packages>/published)",
+        PUBLISHING,
+    ),
+    Setting("publish.strict", False, BOOLEAN, "refuse uploads that `spklite check` warns about", PUBLISHING),
+    Setting("publish.overwrite", False, BOOLEAN, "let ?overwrite=1 replace a published file", PUBLISHING),
+    # Its own limit: server.max-request-body-size stays small for everything else while publishing is off.
+    Setting("publish.max-size", "1GiB", size(1024), "largest upload", PUBLISHING),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SCHEMA}
 FILE_ALIASES: dict[str, str] = {alias: s.key for s in SCHEMA for alias in s.file_aliases}

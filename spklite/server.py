@@ -108,7 +108,9 @@ def waitress_options(cfg: Mapping[str, Any]) -> dict:
         "connection_limit": cfg["server.connection-limit"] + listener.HEADROOM,
         "channel_timeout": int(cfg["server.channel-timeout"]),
         "asyncore_use_poll": True,  # select() fails on a socket numbered 1024 or more: a limit over ~1000
-        "max_request_body_size": cfg["server.max-request-body-size"],
+        # Uploads have their own limit (waitress refuses a body of its limit or more, so +1).
+        "max_request_body_size": max(cfg["server.max-request-body-size"],
+                                     cfg["publish.max-size"] + 1 if cfg["publish.keys"] else 0),
         "max_request_header_size": cfg["server.max-request-header-size"],
         "ident": "spklite",
         "clear_untrusted_proxy_headers": True,

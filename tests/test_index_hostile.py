@@ -93,6 +93,15 @@ def chain(packages: Path):
         os.rmdir(folder)
 
 
+def test_check_a_chain_of_a_thousand_folders(packages, chain):
+    """`spklite check FOLDER` walks as the index does (os.walk recursed past Python's limit before 3.12)."""
+    build_spk(chain / "deep.spk", {"package": "deep"})
+    done = subprocess.run([sys.executable, "-m", "spklite", "check", str(packages)], capture_output=True,
+                          timeout=120, cwd=str(TESTS.parent))
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode()[-2000:]
+    assert done.stdout.splitlines()[-1] == b"1 file: 0 rejected, 0 with warnings"
+
+
 def test_a_chain_of_a_thousand_folders(run_server, tmp_path, packages, chain):
     bottom = chain
     build_spk(bottom / "deep.spk", {"package": "deep"})
