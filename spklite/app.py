@@ -43,6 +43,7 @@ ERROR_PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>{sta
 <p>{status}: {message}</p><p><a href="/">The package list</a></p></html>"""
 FORM_KEY = "spklite.form"  # environ: a POST's form body as read, a WSGI (latin-1) string
 MAX_FORM_BODY = 64 << 10  # a NAS form body is ~200 bytes; a larger one counts for nothing
+MAX_REMEMBERED_QUERY = 512  # a NAS's query (or DSM 3-6 form) is ~150 characters
 MASKED_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization", "x-api-key"))
 
 
@@ -149,10 +150,12 @@ def request_params(environ: Dict[str, Any]) -> Dict[str, str]:
     depend on more than its URL. Values are decoded as UTF-8 (invalid bytes still count as given: a NAS
     always gets its JSON, SPEC 1.2) and cut at 256 characters; the last of repeated keys wins, as in bottle.
     """
-    params = _parsed(environ.get("QUERY_STRING", ""))
+    query = environ.get("QUERY_STRING", "")
+    # A NAS asks the same few questions: their parsing (a third of a request's Python time) is done once.
+    params = dict(_parsed_often(query) if len(query) <= MAX_REMEMBERED_QUERY else _parsed(query))
     if environ.get("REQUEST_METHOD") == "POST":
         form = environ[FORM_KEY] = form_body(environ).decode("latin-1")  # the access log shows it too
-        params.update(_parsed(form))
+        params.update(_parsed_often(form) if len(form) <= MAX_REMEMBERED_QUERY else _parsed(form))
     return params
 
 
@@ -168,6 +171,11 @@ def form_body(environ: Dict[str, Any]) -> bytes:
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     return body
+
+
+@functools.lru_cache(maxsize=256)  # bounded in bytes too: only short texts (see MAX_REMEMBERED_QUERY)
+def _parsed_often(text: str) -> Dict[str, str]:
+    return _parsed(text)
 
 
 def _parsed(text: str) -> Dict[str, str]:
