@@ -19,7 +19,7 @@ from spklite.index import Index, open_index, printable
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterable, Mapping
+    from typing import Any, Callable, Iterable, List, Mapping
 
 log = logging.getLogger("spklite")
 access_log = logging.getLogger("spklite.access")
@@ -203,6 +203,13 @@ def ensure_default_packages_folder(cfg: Mapping[str, Any]) -> None:
     log.warning("packages folder %s does not exist (yet): serving an empty catalog until it does", packages)
 
 
+def listen_urls(server: Any) -> List[str]:
+    """Where the server listens, as URLs: a name that resolves to several addresses (localhost: 127.0.0.1
+    and ::1) gets waitress a socket for each."""
+    listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
+    return [f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/" for host, port in listening]
+
+
 def log_start(cfg: Mapping[str, Any], index: Index, watch_mode: str, seconds: float) -> None:
     """What an operator needs first: which settings, which folders, what was found and what was not usable."""
     state = index.current
@@ -255,8 +262,7 @@ def _serve(cfg: Mapping[str, Any]) -> int:
     gc.collect()
     gc.freeze()
     gc.enable()
-    host = f"[{cfg['host']}]" if ":" in cfg["host"] else cfg["host"]  # an IPv6 address, as a URL has it
-    log.info("serving on http://%s:%s/", host, server.effective_port)  # type: ignore[union-attr]
+    log.info("serving on %s", " and ".join(listen_urls(server)))
     try:
         server.run()
     finally:

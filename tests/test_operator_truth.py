@@ -174,3 +174,22 @@ def test_an_ipv6_listen_address_is_logged_as_a_usable_url(tmp_path: Path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_every_listening_address_is_logged():
+    """A host name with several addresses (localhost: 127.0.0.1 and ::1 on many systems) makes waitress listen
+    on each, with a server object of another kind: the log names them all (it crashed on effective_port)."""
+    import waitress
+
+    from spklite.server import listen_urls
+
+    try:
+        server = waitress.create_server(lambda environ, start: [], listen="127.0.0.1:0 [::1]:0")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        urls = listen_urls(server)
+        assert len(urls) == 2 and urls[0].startswith("http://127.0.0.1:") and urls[1].startswith("http://[::1]:")
+        assert all(url.rstrip("/").rsplit(":", 1)[1].isdigit() and not url.endswith(":0/") for url in urls)
+    finally:
+        server.close()
