@@ -40,6 +40,8 @@ COMMANDS = (  # name, gosspks' aliases, help
     ("check", (), "check .spk files (or every one under a folder) like a linter: exit 1 when one is rejected"),
     ("scan", (), "index the packages folder, write the snapshot, print a summary"),
     ("doctor", (), "check a package source (default: this server) as DSM 7, 6 and 5 units see it"),
+    ("yank", (), "stop offering package files (they stay on disk; unyank offers them again)"),
+    ("unyank", (), "offer yanked package files again"),
     ("key", (), "make an API key for publishing (key add NAME): printed once, with its config line"),
 )
 EPILOG = """\
@@ -141,6 +143,9 @@ def add_command_flags(name: str, sub: argparse.ArgumentParser) -> None:
     elif name == "check":
         sub.add_argument("files", nargs="+", metavar="FILE.spk", help="package files, or folders (every .spk under)")
         sub.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    elif name in ("yank", "unyank"):
+        sub.add_argument("files", nargs="+", metavar="FILE",
+                         help="package files: paths, or relative to the packages folder")
     elif name == "key":
         sub.add_argument("action", choices=["add"], help="add: make a new key")
         sub.add_argument("name", metavar="NAME", help="who or what uses it (letters, digits, . _ -)")
@@ -361,6 +366,10 @@ def run(namespace: argparse.Namespace) -> int:
         return 0
     # The first-run file is written once logging is set up (its line must reach the log) and, when serving, once
     # the keyrings have been read: a start refused for a bad setting writes nothing.
+    if command in ("yank", "unyank"):
+        from spklite.yank import yank_command
+
+        return yank_command(cfg, namespace.files, command == "yank")
     if command == "scan":
         from spklite.index import scan_command
 

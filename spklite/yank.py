@@ -1,0 +1,76 @@
+"""Yanked files: kept on disk, no longer offered. The list lives in the cache folder (never in the packages
+folder), keyed like the index (paths relative to the packages folder); a server re-reads it when its mtime
+changes, so a yank is seen on the next request."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from spklite.index import atomic_write, printable
+
+TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
+if TYPE_CHECKING:
+    from typing import Any, FrozenSet, Mapping, Optional, Tuple
+
+STATE_NAME = "yanked.json"
+
+
+class Yanked:
+    """The yanked set of one cache folder, re-read only when the file's mtime changes."""
+
+    def __init__(self, cache_dir: str):
+        self.path = os.path.join(cache_dir, STATE_NAME)
+        self._seen: Tuple[Any, FrozenSet[str]] = (None, frozenset())
+
+    def current(self) -> Tuple[Any, FrozenSet[str]]:
+        """(a stamp that changes with the file, the yanked keys)."""
+        try:
+            st = os.stat(self.path)
+            stamp: Any = (st.st_mtime_ns, st.st_ino)  # a rewrite is a rename: a new inode even within a tick
+        except OSError:
+            stamp = None
+        if stamp != self._seen[0]:
+            self._seen = (stamp, self.read())
+        return self._seen
+
+    def read(self) -> FrozenSet[str]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return frozenset()
+        return frozenset(k for k in data if isinstance(k, str)) if isinstance(data, list) else frozenset()
+
+    def write(self, keys: FrozenSet[str]) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        atomic_write(self.path, json.dumps(sorted(keys), indent=0).encode())
+
+
+def key_of(root: str, name: str) -> Optional[str]:
+    """The index key (path relative to the packages folder) of a file named on the command line."""
+    full = os.path.abspath(name if os.path.exists(name) else os.path.join(root, name))
+    rel = os.path.relpath(full, os.path.abspath(root))
+    return None if rel.startswith(os.pardir) or os.path.isabs(rel) else rel
+
+
+def yank_command(cfg: Mapping[str, Any], names: Any, yank: bool) -> int:
+    """`spklite yank FILE...` / `unyank FILE...`."""
+    state = Yanked(cfg["filesystem.cache"])
+    keys = set(state.read())
+    status = 0
+    for name in names:
+        key = key_of(cfg["filesystem.packages"], name)
+        if key is None:
+            print(f"error: {printable(name)}: not inside the packages folder", file=sys.stderr)
+            status = 1
+            continue
+        if yank and not os.path.isfile(os.path.join(cfg["filesystem.packages"], key)):
+            print(f"error: {printable(name)}: no such file", file=sys.stderr)
+            status = 1
+            continue
+        (keys.add if yank else keys.discard)(key)
+        print(f"{'yanked' if yank else 'unyanked'} {printable(key)}")
+    state.write(frozenset(keys))
+    return status

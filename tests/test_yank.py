@@ -1,0 +1,70 @@
+"""Yank / unyank: the file stays on disk, a running server stops offering it on the next request, its older
+version is offered instead, and a restart keeps it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, List
+
+from spkbuilder import build_spk
+
+NAS_7 = "/?arch=x86_64&build=42962&major=7&minor=2&unique=synology_x86_64_920%2B&package_update_channel=stable"
+
+
+def offered(server: Any) -> List[str]:
+    return sorted(f"{p['package']} {p['version']}" for p in server.json(NAS_7)["packages"])
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spklite", "--home", str(home), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def within(seconds: float, predicate: Callable[[], bool]) -> float:
+    """How long predicate took to hold (fails past `seconds`)."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < seconds, "not seen in time"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_yank_while_serving_then_restart(tmp_path: Path, run_server: Callable[..., Any]) -> None:
+    home = tmp_path / "home"
+    folder = home / "packages"
+    (folder / "sub").mkdir(parents=True)
+    build_spk(folder / "a1.spk", {"package": "a", "version": "1.0-1", "arch": "x86_64"})
+    build_spk(folder / "sub" / "a2.spk", {"package": "a", "version": "2.0-1", "arch": "x86_64"})
+    server = run_server()
+    assert offered(server) == ["a 2.0-1"]
+
+    done = cli(home, "yank", "sub/a2.spk")
+    assert done.returncode == 0, done.stderr
+    within(1.0, lambda: offered(server) == ["a 1.0-1"])  # the older version, not nothing
+    assert (folder / "sub" / "a2.spk").is_file()  # on disk still
+    listed = {p["file"]: p["yanked"] for p in server.json("/v1/packages")}
+    assert listed == {"a1.spk": False, "sub/a2.spk": True}
+    why = {d["file"]: d for d in server.json("/v1/explain?arch=x86_64&build=42962")["files"]}
+    assert why["sub/a2.spk"]["rule"] == "yanked" and why["a1.spk"]["rule"] == "offered"
+
+    server.stop()
+    server = run_server()
+    assert offered(server) == ["a 1.0-1"]  # survives a restart
+
+    done = cli(home, "unyank", str(folder / "sub" / "a2.spk"))  # a path works too
+    assert done.returncode == 0, done.stderr
+    within(1.0, lambda: offered(server) == ["a 2.0-1"])
+
+
+def test_yank_refuses_unknown_and_outside_files(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "packages").mkdir(parents=True)
+    outside = tmp_path / "x.spk"
+    build_spk(outside, {"package": "x", "arch": "noarch"})
+    for name in ("missing.spk", str(outside)):
+        done = cli(home, "yank", name)
+        assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.startswith("error:")
+    assert not list((home / "packages").iterdir())  # nothing written in the packages folder
