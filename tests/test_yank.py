@@ -49,6 +49,12 @@ def test_yank_while_serving_then_restart(tmp_path: Path, run_server: Callable[..
     assert listed == {"a1.spk": False, "sub/a2.spk": True}
     why = {d["file"]: d for d in server.json("/v1/explain?arch=x86_64&build=42962")["files"]}
     assert why["sub/a2.spk"]["rule"] == "yanked" and why["a1.spk"]["rule"] == "offered"
+    page = server.get("/?view=files", {"Accept": "text/html"})[2].decode()
+    assert page.count('<span class="badge">yanked</span>') == 1
+    page = server.get("/", {"Accept": "text/html"})[2].decode()  # newest of each package: the not-yanked one
+    assert 'data-version="1.0-1"' in page and 'data-version="2.0-1"' not in page
+    page = server.get("/?platform=x86_64&dsm=7.2", {"Accept": "text/html"})[2].decode()
+    assert "yanked by the operator" in page  # the left-out file, with its reason
 
     server.stop()
     server = run_server()
