@@ -42,6 +42,7 @@ COMMANDS = (  # name, gosspks' aliases, help
     ("doctor", (), "check a package source (default: this server) as DSM 7, 6 and 5 units see it"),
     ("yank", (), "stop offering package files (they stay on disk; unyank offers them again)"),
     ("unyank", (), "offer yanked package files again"),
+    ("prune", (), "list all but the N newest versions of each package per arch set (--yes: remove the published ones)"),
     ("key", (), "make an API key for publishing (key add NAME): printed once, with its config line"),
 )
 EPILOG = """\
@@ -146,6 +147,10 @@ def add_command_flags(name: str, sub: argparse.ArgumentParser) -> None:
     elif name in ("yank", "unyank"):
         sub.add_argument("files", nargs="+", metavar="FILE",
                          help="package files: paths, or relative to the packages folder")
+    elif name == "prune":
+        sub.add_argument("--keep", type=int, required=True, metavar="N", help="versions kept per package and arch set")
+        sub.add_argument("--yes", action="store_true", help="remove them (only files in the publish folder)")
+        sub.add_argument("--dry-run", action="store_true", help="only list them (the default without --yes)")
     elif name == "key":
         sub.add_argument("action", choices=["add"], help="add: make a new key")
         sub.add_argument("name", metavar="NAME", help="who or what uses it (letters, digits, . _ -)")
@@ -370,6 +375,10 @@ def run(namespace: argparse.Namespace) -> int:
         from spklite.yank import yank_command
 
         return yank_command(cfg, namespace.files, command == "yank")
+    if command == "prune":
+        from spklite.yank import prune_command
+
+        return prune_command(cfg, namespace.keep, namespace.yes and not namespace.dry_run)
     if command == "scan":
         from spklite.index import scan_command
 

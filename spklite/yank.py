@@ -1,4 +1,6 @@
-"""Yanked files: kept on disk, no longer offered. The list lives in the cache folder (never in the packages
+"""Release management in files: `yank`/`unyank` and `prune`.
+
+Yanked files: kept on disk, no longer offered. The list lives in the cache folder (never in the packages
 folder), keyed like the index (paths relative to the packages folder); a server re-reads it when its mtime
 changes, so a yank is seen on the next request."""
 
@@ -7,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import defaultdict
 
-from spklite.index import atomic_write, printable
+from spklite import synology
+from spklite.index import atomic_write, open_index, printable
+from spklite.publish import identity, publish_folder
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
-    from typing import Any, FrozenSet, Mapping, Optional, Tuple
+    from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 STATE_NAME = "yanked.json"
 
@@ -73,4 +78,43 @@ def yank_command(cfg: Mapping[str, Any], names: Any, yank: bool) -> int:
         (keys.add if yank else keys.discard)(key)
         print(f"{'yanked' if yank else 'unyanked'} {printable(key)}")
     state.write(frozenset(keys))
+    return status
+
+
+def prune_command(cfg: Mapping[str, Any], keep: int, remove: bool) -> int:
+    """`spklite prune --keep N [--yes]`: every file but the N newest versions of each package per arch set.
+    Yanked files neither count nor go (unyank is their way back); only files in the publish folder are removed."""
+    if keep < 1:
+        print("error: --keep: at least 1 (a package keeps a version)", file=sys.stderr)
+        return 2
+    index = open_index(cfg)
+    index.load_snapshot()
+    index.scan()
+    yanked = Yanked(cfg["filesystem.cache"]).read()
+    groups: Dict[Any, List[Any]] = defaultdict(list)
+    for record in index.current.records.values():
+        if record.path not in yanked:
+            package, _, arches = identity(record.package.info)
+            groups[package, arches].append(record)
+    root = os.path.realpath(cfg["filesystem.packages"])
+    published = os.path.realpath(publish_folder(cfg))
+    status = 0
+    for _, records in sorted(groups.items(), key=lambda item: (item[0][0], sorted(item[0][1]))):
+        versions = sorted({synology.version_key(r.package.info["version"]) for r in records}, reverse=True)
+        for record in sorted(records, key=lambda r: r.path):
+            if synology.version_key(record.package.info["version"]) in versions[:keep]:
+                continue
+            full = os.path.realpath(os.path.join(root, record.path))
+            name = f"{printable(record.path)} ({record.package.info['package']} {record.package.info['version']})"
+            if not full.startswith(published + os.sep):
+                print(f"left alone (outside the publish folder): {name}")
+            elif not remove:
+                print(f"would remove: {name}")
+            else:
+                try:
+                    os.remove(full)
+                    print(f"removed: {name}")
+                except OSError as exc:
+                    print(f"error: {name}: {printable(exc.strerror or str(exc))}", file=sys.stderr)
+                    status = 1
     return status

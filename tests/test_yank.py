@@ -74,3 +74,44 @@ def test_yank_refuses_unknown_and_outside_files(tmp_path: Path) -> None:
         done = cli(home, "yank", name)
         assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.startswith("error:")
     assert not list((home / "packages").iterdir())  # nothing written in the packages folder
+
+
+def prune_tree(home: Path) -> Path:
+    """Three versions of `p` (x86_64) in the publish folder, one older outside it, one armv7 build, one yanked."""
+    folder = home / "packages"
+    published = folder / "published"
+    published.mkdir(parents=True)
+    for version in ("1.0-1", "2.0-1", "3.0-1"):
+        build_spk(published / f"p_x86_64_{version}.spk", {"package": "p", "version": version, "arch": "x86_64"})
+    build_spk(folder / "p_old.spk", {"package": "p", "version": "0.9-1", "arch": "x86_64"})  # by hand: never removed
+    build_spk(published / "p_armv7_1.0-1.spk", {"package": "p", "version": "1.0-1", "arch": "armv7"})  # its own set
+    build_spk(published / "p_x86_64_4.0-1.spk", {"package": "p", "version": "4.0-1", "arch": "x86_64"})
+    return folder
+
+
+def files_under(folder: Path) -> List[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.spk"))
+
+
+def test_prune_lists_then_removes_only_in_the_publish_folder(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    folder = prune_tree(home)
+    assert cli(home, "yank", "published/p_x86_64_4.0-1.spk").returncode == 0  # neither counted nor removed
+    before = files_under(folder)
+
+    for flags in ((), ("--dry-run",), ("--dry-run", "--yes")):
+        done = cli(home, "prune", "--keep", "2", *flags)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [
+            "left alone (outside the publish folder): p_old.spk (p 0.9-1)",
+            "would remove: published/p_x86_64_1.0-1.spk (p 1.0-1)",
+        ]
+        assert files_under(folder) == before
+
+    done = cli(home, "prune", "--keep", "2", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "removed: published/p_x86_64_1.0-1.spk (p 1.0-1)" in done.stdout.splitlines()
+    assert files_under(folder) == [f for f in before if f != "published/p_x86_64_1.0-1.spk"]
+
+    done = cli(home, "prune", "--keep", "0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and files_under(folder) != []
