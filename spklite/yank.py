@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import defaultdict
 
 from spklite import synology
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 STATE_NAME = "yanked.json"
+RECHECK = 0.25  # seconds between two looks at the file: a yank shows within that, a request pays no stat
 
 
 class Yanked:
@@ -28,9 +30,14 @@ class Yanked:
     def __init__(self, cache_dir: str):
         self.path = os.path.join(cache_dir, STATE_NAME)
         self._seen: Tuple[Any, FrozenSet[str]] = (None, frozenset())
+        self._next_look = 0.0
 
     def current(self) -> Tuple[Any, FrozenSet[str]]:
         """(a stamp that changes with the file, the yanked keys)."""
+        now = time.monotonic()
+        if now < self._next_look:
+            return self._seen
+        self._next_look = now + RECHECK
         try:
             st = os.stat(self.path)
             stamp: Any = (st.st_mtime_ns, st.st_ino)  # a rewrite is a rename: a new inode even within a tick
