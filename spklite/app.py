@@ -20,6 +20,7 @@ from spklite import __license__, __version__, files
 from spklite.catalog import Catalog, Links, Query, encode
 from spklite.config import load_yaml
 from spklite.index import Index, State, printable
+from spklite.yank import Yanked
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ class Server:
         self.catalog_settings = dict(cfg, keyrings=keyrings or [])
         self.watch_mode = watch_mode
         self.default_icon = asset("default-icon.png")
-        self._catalog: Tuple[int, Catalog] = (-1, Catalog([], self.catalog_settings))
+        self.yanked = Yanked(index.cache_dir)
+        self._catalog: Tuple[Any, Catalog] = (None, Catalog([], self.catalog_settings))
         self._catalog_lock = threading.Lock()
 
     @functools.cached_property
@@ -99,14 +101,15 @@ class Server:
     def catalog(self) -> Tuple[State, Catalog]:
         """The catalog of the current index state, built once per state."""
         state = self.index.current
+        stamp, yanked = self.yanked.current()  # one stat: a yank shows on the next request
         version, catalog = self._catalog
-        if version != state.version:
+        if version != (state.version, stamp):
             with self._catalog_lock:
                 version, catalog = self._catalog
-                if version != state.version:
+                if version != (state.version, stamp):
                     catalog = Catalog(state.records.values(), self.catalog_settings, previous=catalog,
-                                      rejected=state.rejected.values())
-                    self._catalog = (state.version, catalog)
+                                      rejected=state.rejected.values(), yanked=yanked)
+                    self._catalog = ((state.version, stamp), catalog)
         return state, catalog
 
     def links(self, environ: Mapping[str, Any]) -> Links:

@@ -149,7 +149,7 @@ class Catalog:
     """The answers for one index state, memoised (bounded by count and bytes)."""
 
     def __init__(self, records: Iterable[Any], settings: Mapping[str, Any], previous: Optional["Catalog"] = None,
-                 rejected: Iterable[Any] = ()):
+                 rejected: Iterable[Any] = (), yanked: Iterable[str] = ()):
         # Records the previous state had too keep their offer: only changed files cost work.
         known: Dict[int, Offer] = {id(o.record): o for o in previous.offers} if previous else {}
         offers: List[Offer] = []
@@ -158,6 +158,7 @@ class Catalog:
             offers.append(offer if offer is not None and offer.record is record else Offer(record))
         self.offers: List[Offer] = sorted(offers, key=lambda o: (o.package, o.record.path))
         self.rejected: List[Any] = sorted(rejected, key=lambda r: r.path)  # index.Rejected: for explain
+        self.yanked = frozenset(yanked)  # index keys (spklite.yank): on disk, never offered
         self.settings = settings
         self.keyrings: List[str] = list(settings.get("keyrings", ()))
         self.defaults: Dict[str, str] = {
@@ -221,7 +222,11 @@ class Catalog:
     def newest(self, query: Query) -> List[Offer]:
         """The newest candidate file of each package id, ordered by package id."""
         # A verdict that is not a rank is the code of the rule that excludes the file.
-        return newest_per_package((o, rank) for o in self.offers if isinstance(rank := o.verdict(query), int))
+        return newest_per_package((o, rank) for o in self.offers if isinstance(rank := self.verdict(o, query), int))
+
+    def verdict(self, offer: Offer, query: Query) -> Union[int, str]:
+        """Offer.verdict, with "yanked" first: yanking is the operator's word, above every INFO rule."""
+        return "yanked" if offer.record.path in self.yanked else offer.verdict(query)
 
     # -- one entry (SPEC 1.5) ----------------------------------------------------
 
@@ -291,7 +296,7 @@ class Catalog:
         chosen = [o for o in self.offers
                   if (not platform or synology.arch_match(o.arch, platform)) and matches(o, name, language)]
         if latest:
-            chosen = newest_per_package((o, 1) for o in chosen)
+            chosen = newest_per_package((o, 1) for o in chosen if o.record.path not in self.yanked)
         return [self.file_object(o, links, language) for o in chosen]
 
     def file_object(self, offer: Offer, links: Links, language: str = "") -> Dict[str, Any]:
@@ -303,6 +308,7 @@ class Catalog:
             os_min_ver=info.get("os_min_ver") or info.get("firmware") or "",
             os_max_ver=info.get("os_max_ver", ""),
             beta=offer.beta,
+            yanked=offer.record.path in self.yanked,
         )
         if offer.beta and info.get("report_url"):
             obj["report_url"] = info["report_url"]

@@ -40,6 +40,9 @@ COMMANDS = (  # name, gosspks' aliases, help
     ("check", (), "check .spk files (or every one under a folder) like a linter: exit 1 when one is rejected"),
     ("scan", (), "index the packages folder, write the snapshot, print a summary"),
     ("doctor", (), "check a package source (default: this server) as DSM 7, 6 and 5 units see it"),
+    ("yank", (), "stop offering package files (they stay on disk; unyank offers them again)"),
+    ("unyank", (), "offer yanked package files again"),
+    ("prune", (), "list all but the N newest versions of each package per arch set (--yes: remove the published ones)"),
     ("key", (), "make an API key for publishing (key add NAME): printed once, with its config line"),
 )
 EPILOG = """\
@@ -141,6 +144,13 @@ def add_command_flags(name: str, sub: argparse.ArgumentParser) -> None:
     elif name == "check":
         sub.add_argument("files", nargs="+", metavar="FILE.spk", help="package files, or folders (every .spk under)")
         sub.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    elif name in ("yank", "unyank"):
+        sub.add_argument("files", nargs="+", metavar="FILE",
+                         help="package files: paths, or relative to the packages folder")
+    elif name == "prune":
+        sub.add_argument("--keep", type=int, required=True, metavar="N", help="versions kept per package and arch set")
+        sub.add_argument("--yes", action="store_true", help="remove them (only files in the publish folder)")
+        sub.add_argument("--dry-run", action="store_true", help="only list them (the default without --yes)")
     elif name == "key":
         sub.add_argument("action", choices=["add"], help="add: make a new key")
         sub.add_argument("name", metavar="NAME", help="who or what uses it (letters, digits, . _ -)")
@@ -361,6 +371,14 @@ def run(namespace: argparse.Namespace) -> int:
         return 0
     # The first-run file is written once logging is set up (its line must reach the log) and, when serving, once
     # the keyrings have been read: a start refused for a bad setting writes nothing.
+    if command in ("yank", "unyank"):
+        from spklite.yank import yank_command
+
+        return yank_command(cfg, namespace.files, command == "yank")
+    if command == "prune":
+        from spklite.yank import prune_command
+
+        return prune_command(cfg, namespace.keep, namespace.yes and not namespace.dry_run)
     if command == "scan":
         from spklite.index import scan_command
 

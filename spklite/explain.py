@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 OFFERED = "offered"
 # The machine-readable rule codes: Offer.verdict's, then the ones only a whole answer can give.
 RULES = {
+    "yanked": "yanked by the operator (spklite unyank offers it again)",
     "platform": "its arch matches neither the NAS platform, nor its family, nor noarch",
     "exclude_arch": "its exclude_arch lists the NAS platform",
     "model": "its model list does not name this NAS",
@@ -62,7 +63,7 @@ def explain(catalog: Catalog, query: Query, package: str = "") -> List[Decision]
     chosen = {o.package: o for o in catalog.newest(query)} if query.build is not None else {}
     decisions = []
     for offer in offers:
-        verdict = "no_build" if query.build is None else offer.verdict(query)
+        verdict = "no_build" if query.build is None else catalog.verdict(offer, query)
         if isinstance(verdict, int):
             best = chosen[offer.package]
             verdict = OFFERED if best is offer else "older" if best.version_key > offer.version_key else "tie"

@@ -177,6 +177,7 @@ def item(obj: Mapping[str, Any], offer: Any) -> Dict[str, Any]:
         "dsm": dsm_range(info),
         "arch": info.get("arch", ""),
         "beta": offer.beta,
+        "yanked": bool(obj.get("yanked")),
         "file": printable(offer.record.path),
         "warnings": offer.record.package.warnings,
     }
@@ -241,7 +242,8 @@ def render(server: Any, get: Get) -> str:
         nas_link = "./?" + urlencode(choice.nas_params())
         explain_link = "v1/explain?" + urlencode(choice.nas_params())
     else:  # every file, or (nothing picked yet) the newest version of every package, whatever NAS it is for
-        offers = catalog.offers if view == "files" else newest_per_package((o, 1) for o in catalog.offers)
+        offers = catalog.offers if view == "files" else newest_per_package(
+            (o, 1) for o in catalog.offers if o.record.path not in catalog.yanked)
         items = [item(catalog.file_object(o, links), o) for o in offers if matches(o, search)]
     # The search form keeps the rest of the view: the NAS picked, the files view.
     keep = {k: v for k, v in (("model", get("model")), ("platform", get("platform")), ("dsm", get("dsm")),

@@ -122,7 +122,7 @@ File watching is off: restart spklite to pick them up.</p>
 <li class="pkg" data-package="{{it['package']}}" data-version="{{it['version']}}">
 <img src="{{it['icon']}}" srcset="{{it['icon']}} 1x, {{it['icon2x'] or it['icon']}} 2x" width="64" height="64" alt="" loading="lazy">
 <div>
-<h3>{{it['name']}} <span class="ver">{{it['version']}}</span>{{!' <span class="badge">beta</span>' if it['beta'] else ''}}</h3>
+<h3>{{it['name']}} <span class="ver">{{it['version']}}</span>{{!' <span class="badge">beta</span>' if it['beta'] else ''}}{{!' <span class="badge">yanked</span>' if it['yanked'] else ''}}</h3>
 <p class="desc">{{it['desc']}}</p>
 <p class="meta"><code>{{it['package']}}</code> · {{it['dsm']}} · {{it['arch']}}{{' · ' + it['file'] if view == 'files' else ''}} · <a class="dl" href="{{it['link']}}" download>Download {{it['size']}}</a></p>
 % for w in (it['warnings'] if view == 'files' else ()):
