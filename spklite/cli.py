@@ -301,14 +301,8 @@ def verdict(name: str) -> tuple[str, list[str], str]:
         return "no such file", [], ""
     if not os.path.isfile(name):
         return "not a file", [], ""
-    try:
-        reason, warnings = spk.check(name)
-        # its INFO read again (~1 ms) for the reach: check's answer holds none
-        return reason or "", warnings, "" if reason else explain.reach(spk.read_spk(name))
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror or exc}", [], ""
-    except spk.SpkError as exc:  # changed since spk.check read it
-        return str(exc), [], ""
+    reason, warnings, package = spk.check(name)  # never raises: an unreadable file is a reason
+    return reason or "", warnings, explain.reach(package) if package else ""
 
 
 def check_targets(name: str) -> list[tuple[str, str]]:

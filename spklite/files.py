@@ -16,7 +16,8 @@ import urllib.parse
 
 import bottle
 
-from spklite.index import open_regular, signature_of
+from spklite.index import signature_of
+from spklite.spk import open_regular
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:

@@ -7,7 +7,6 @@ lock. The packages folder is only ever read.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -396,7 +395,7 @@ class Index:
     def _md5_of(self, record: Record, stop: Optional[threading.Event]) -> Optional[str]:
         digest = hashlib.md5()
         try:
-            with open_regular(os.path.join(self.root, record.path)) as fh:
+            with spk.open_regular(os.path.join(self.root, record.path)) as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     if stop is not None and stop.is_set():
                         return None
@@ -546,23 +545,6 @@ def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def open_regular(path: str) -> IO[bytes]:
-    """The file at `path` opened for reading; OSError when it is not a regular file.
-
-    O_NONBLOCK: opening a FIFO swapped in under a package's name must not wait (for good, without a
-    writer); it is then refused. Cleared once the file is known to be regular.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def open_index(cfg: Mapping[str, Any]) -> Index:

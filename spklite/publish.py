@@ -149,15 +149,12 @@ class Publisher:
                     return answer(400, f"the body ended after {received} of {length} bytes")
                 out.flush()
                 os.fsync(out.fileno())  # whole on disk before it has a name the index can see
-            reason, warnings = spk.check(temp)
-            if reason or (self.strict and warnings):
+            reason, warnings, package = spk.check(temp)
+            if package is None or (self.strict and warnings):
                 reasons = [reason] if reason else []
                 return answer(422, "invalid package: " + "; ".join(reasons + warnings), reasons=reasons,
                               warnings=warnings)
-            info = spk.read_spk(temp).info
-            return self.land(temp, info, overwrite, environ, by)
-        except spk.SpkError as exc:  # the reader disagreeing with the check: not expected, still no 500
-            return answer(422, f"invalid package: {exc}", reasons=[str(exc)], warnings=[])
+            return self.land(temp, package.info, overwrite, environ, by)
         except OSError as exc:
             return answer(507, f"cannot write to the publish folder: {exc.strerror or exc}")
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import os
 import re
@@ -289,28 +290,47 @@ def read_spk(
     )
 
 
-def check(path: str | os.PathLike[str]) -> tuple[str | None, list[str]]:
-    """(rejection reason or None, warnings) for `spklite check`. Never raises."""
+def check(path: str | os.PathLike[str]) -> tuple[str | None, list[str], Package | None]:
+    """(rejection reason or None, warnings, the package when it is one) for `spklite check` and uploads: the
+    checksum verified too. Never raises."""
     try:
         package = read_spk(path, verify_checksum=True)
     except SpkError as exc:
-        return str(exc), list(exc.warnings)
-    return None, list(package.warnings)
+        return str(exc), list(exc.warnings), None
+    return None, list(package.warnings), package
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device or folder where a package file is expected."""
+
+
+def open_regular(path: str | os.PathLike[str], buffering: int = -1) -> IO[bytes]:
+    """The file at `path` opened for reading; NotRegularFile when it is not a regular file.
+
+    O_NONBLOCK: opening a FIFO swapped in under a package's name must not wait (for good, without a
+    writer); it is then refused. Cleared once the file is known to be regular.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _open(path: str | os.PathLike[str]) -> IO[bytes]:
-    # O_NONBLOCK: opening a FIFO must not hang; it is then refused as not a regular file.
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        # One 64 KiB read holds a small SPK whole: the header walk then seeks inside the buffer.
+        return open_regular(path, buffering=1 << 16)
+    except NotRegularFile:
+        raise SpkError("not a regular file") from None
     except OSError as exc:
         raise SpkError(f"{UNREADABLE}: {exc.strerror or exc}") from None
     except (TypeError, ValueError) as exc:  # e.g. a NUL byte in the path
         raise SpkError(f"{UNREADABLE}: {exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise SpkError("not a regular file")
-    # One 64 KiB read holds a small SPK whole: the header walk then seeks inside the buffer.
-    return os.fdopen(fd, "rb", buffering=1 << 16)
 
 
 def _sniff(head: bytes, size: int) -> None:

@@ -380,7 +380,7 @@ def test_no_input_raises_anything_but_spkerror(tmp_path):
             assert str(exc)
         else:
             assert isinstance(package, Package)
-        reason, warnings = check(target)
+        reason, warnings, _ = check(target)
         assert reason is None or isinstance(reason, str)
 
     one()
@@ -858,7 +858,7 @@ def test_the_byte_counter_sees_a_whole_read(tmp_path):
     md5 = hashlib.md5(bytes(size)).hexdigest()
     path = _sparse_spk(tmp_path / "big.spk", size, checksum=md5)
     before = _bytes_read()
-    assert check(path) == (None, [])
+    assert check(path)[:2] == (None, [])
     assert _bytes_read() - before >= size
 
 
@@ -899,8 +899,8 @@ def test_checksum_is_verified_by_check_only(tmp_path):
     tgz = make_package_tgz()
     good = build_spk(tmp_path / "good.spk", {"checksum": hashlib.md5(tgz).hexdigest()})
     bad = build_spk(tmp_path / "bad.spk", {"checksum": "0" * 32})
-    assert check(good) == (None, [])
-    reason, warnings = check(bad)
+    assert check(good)[:2] == (None, [])
+    reason, warnings, _ = check(bad)
     assert reason is None
     assert warnings == [f"INFO: checksum {'0' * 32} does not match package.tgz (md5 {hashlib.md5(tgz).hexdigest()})"]
     assert read_spk(bad).warnings == ()  # the indexer does not hash package.tgz
@@ -908,18 +908,20 @@ def test_checksum_is_verified_by_check_only(tmp_path):
 
 
 def test_check_results(tmp_path):
-    assert check(build_spk(tmp_path / "a.spk")) == (None, [])
-    assert check(build_spk(tmp_path / "b.spk", {"maintainer": None})) == (
+    assert check(build_spk(tmp_path / "a.spk"))[:2] == (None, [])
+    assert check(build_spk(tmp_path / "b.spk", {"maintainer": None}))[:2] == (
         None,
         ["INFO: missing recommended key 'maintainer'"],
     )
-    reason, warnings = check(build_spk(tmp_path / "c.spk", {"version": "1.2a-3", "description": None}))
+    reason, warnings, _ = check(build_spk(tmp_path / "c.spk", {"version": "1.2a-3", "description": None}))
     assert reason == "INFO: invalid version '1.2a-3' (DSM 7 refuses it)"
     assert warnings == ["INFO: missing recommended key 'description'"]
     assert check(build_broken(tmp_path / "d.spk", "gzip")) == (
         "compressed tar (gzip) — SPKs must be uncompressed",
         [],
+        None,
     )
+    assert check(build_spk(tmp_path / "e.spk", {"package": "e"}))[2].info["package"] == "e"
     assert check(tmp_path / "absent.spk")[0] == "cannot read: No such file or directory"
 
 
