@@ -462,15 +462,7 @@ class Index:
     def _remove_stale_temps(self) -> None:
         """Delete the temp files of writes a crash interrupted (kill -9, power cut): never renamed, never used."""
         for folder in (self.cache_dir, self.blob_dir):
-            try:
-                names = [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)]
-            except OSError:
-                continue
-            for name in names:
-                try:
-                    os.unlink(os.path.join(folder, name))
-                except OSError:
-                    pass
+            remove_temps(folder, TEMP_PREFIX)
 
     def save_snapshot(self, force: bool = False) -> bool:
         """Write the snapshot atomically when something changed since the last write."""
@@ -516,6 +508,19 @@ def log_changes(previous: State, records: Mapping[str, Record], rejected: Mappin
     for rel in (*previous.records, *previous.rejected):
         if rel not in records and rel not in rejected:
             log.info("removed %s", printable(rel))
+
+
+def remove_temps(folder: str, prefix: str) -> None:
+    """Delete the files in `folder` whose name starts with `prefix`: temp files a crash left (never renamed)."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(folder, name))
+        except OSError:
+            pass
 
 
 def atomic_write(path: str, data: bytes, durable: bool = True) -> None:

@@ -18,20 +18,18 @@ import threading
 import bottle
 
 from spklite import spk
+from spklite.app import Server, json_response
 from spklite.config import ConfigError
-from spklite.index import is_candidate_name, printable
+from spklite.index import is_candidate_name, printable, remove_temps
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-    from spklite.app import Server
-
 ROUTE = "/packages"
 TEMP_PREFIX = ".spklite-upload-"  # hidden and not .spk: the index never offers a file being received
 CHUNK = 1 << 20
 CHALLENGE = 'Basic realm="spklite publish", charset="UTF-8"'
-JSON_TYPE = "application/json; charset=utf-8"
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +102,7 @@ class Publisher:
         self.folder = publish_folder(cfg)
         self.rel = os.path.relpath(self.folder, server.index.root)
         self.lock = threading.Lock()  # the conflict check and the landing, one upload at a time
-        self.remove_stale_temps()
-
-    def remove_stale_temps(self) -> None:
-        """Uploads cut short by a crash (kill -9, power loss) leave their temporary file: only ours are removed."""
-        try:
-            names = os.listdir(self.folder)
-        except OSError:
-            return
-        for name in names:
-            if name.startswith(TEMP_PREFIX):
-                try:
-                    os.unlink(os.path.join(self.folder, name))
-                except OSError:
-                    pass
+        remove_temps(self.folder, TEMP_PREFIX)  # uploads a crash cut short (kill -9, power loss)
 
     def authorized(self, environ: Mapping[str, Any]) -> Optional[str]:
         """The key's name when the request carries a configured key as its Basic-auth user name."""
@@ -201,7 +186,9 @@ class Publisher:
         body = catalog.file_object(offer, links)
         body["firmware"] = body.get("os_min_ver", "")
         body["architectures"] = body.get("arch", "").split()
-        return json_answer(body, 201, Location=f"/v1/packages/{printable(rel)}")
+        response = json_response(body, 201)
+        response.set_header("Location", f"/v1/packages/{printable(rel)}")
+        return response
 
     def delete(self, name: str, by: str) -> bottle.HTTPResponse:
         """Remove a published file: a name in the publish folder (or its /v1 file name, folder included)."""
@@ -238,15 +225,9 @@ def _copy(source: Any, out: Any, length: int) -> int:
     return copied
 
 
-def json_answer(body: Dict[str, Any], status: int, **headers: str) -> bottle.HTTPResponse:
-    from spklite.catalog import encode
-
-    return bottle.HTTPResponse(encode(body), status=status, **{"Content-Type": JSON_TYPE}, **headers)
-
-
 def answer(status: int, message: str, **extra: Any) -> bottle.HTTPResponse:
     """spkrepo's shape ({"message": ...}): spksrc's publish log picks lines starting with it."""
-    return json_answer({"message": message, **extra}, status)
+    return json_response({"message": message, **extra}, status)
 
 
 def add_routes(app: bottle.Bottle, cfg: Mapping[str, Any], server: Server) -> None:

@@ -14,7 +14,6 @@ from collections import defaultdict
 
 from spklite import synology
 from spklite.index import atomic_write, open_index, printable
-from spklite.publish import identity, publish_folder
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -91,6 +90,8 @@ def yank_command(cfg: Mapping[str, Any], names: Any, yank: bool) -> int:
 def prune_command(cfg: Mapping[str, Any], keep: int, remove: bool) -> int:
     """`spklite prune --keep N [--yes]`: every file but the N newest versions of each package per arch set.
     Yanked files neither count nor go (unyank is their way back); only files in the publish folder are removed."""
+    from spklite.publish import identity, publish_folder  # here: publish needs the app, yank is the app's
+
     if keep < 1:
         print("error: --keep: at least 1 (a package keeps a version)", file=sys.stderr)
         return 2
