@@ -397,6 +397,19 @@ def _parse_bind_address(raw: Any) -> str:
     return host
 
 
+def is_loopback(host: str) -> bool:
+    """True for localhost and the loopback addresses (127.x, ::1): this machine only, never a NAS's way here."""
+    import ipaddress
+
+    name = host.lower().rstrip(".")
+    if name in ("localhost", "localhost.localdomain", "ip6-localhost") or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 BIND_ADDRESS = Kind(
     _parse_bind_address,
     f"an IP address such as 0.0.0.0 or ::, or a host name that resolves (within {HOST_LOOKUP_SECONDS:g} s)",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import ipaddress
 import json
 import re
 import socket
@@ -23,6 +22,8 @@ import urllib.request
 from collections import Counter, namedtuple
 
 from spklite import __version__, config
+from spklite.config import is_loopback
+from spklite.index import printable
 from spklite.synology import DICT_SHAPE_BUILD, DSM7_BUILD, version_key
 
 try:
@@ -57,7 +58,6 @@ PROFILES = (
     Profile("5.0", 4458, "evansport", "DS214play"),
 )
 SHAPES = {"list": "a bare list", "keyrings": '{"packages", "keyrings"}', "packages": '{"packages"}'}
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 MD5 = re.compile(r"[0-9a-fA-F]{32}")
 DEPENDENCY = re.compile(r"\s*([^<>=!\s]+)\s*(?:(>=|<=|==|>|<|=)\s*(\S+))?\s*")
 
@@ -117,11 +117,6 @@ class Report:
         else:
             self.out.write(f"summary: {counts}: a NAS gets this source as it is meant\n")
         return 1 if self.errors else 0
-
-
-def printable(text: str) -> str:
-    """Text from the source with control characters escaped: a catalog must not drive the terminal."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def plural(count: int, word: str, words: str = "") -> str:
@@ -373,15 +368,6 @@ def fetch_catalogs(client: Client, url: str, report: Report) -> dict[Profile, li
         group.summary = f"{'expects ' if group.errors else ''}strict JSON, {shape}: {offered}"
         report.show(group)
     return answers
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def entry_urls(entry: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ import bottle
 from spklite import __version__, synology
 from spklite.app import asset
 from spklite.catalog import Query, matches, newest_per_package
+from spklite.config import is_loopback
 from spklite.explain import OFFERED, explain
 from spklite.index import printable
 
@@ -181,16 +182,6 @@ def item(obj: Mapping[str, Any], offer: Any) -> Dict[str, Any]:
         "file": printable(offer.record.path),
         "warnings": offer.record.package.warnings,
     }
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.x and ::1: addresses a NAS cannot reach this machine by."""
-    if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def lan_addresses() -> List[str]:
