@@ -33,9 +33,9 @@ PLAIN = re.compile(r'[ !#-\[\]-~]*\Z')  # printable ASCII but the quote and the 
 def loggable(value: str) -> str:
     """A request's value fit for one log line, unambiguous and readable.
 
-    A WSGI string holds raw bytes (latin-1): they are read as UTF-8 where they are. Controls (a CR/LF
-    would start a forged line, ESC drives terminals), other unprintable characters, bytes that are not
-    UTF-8, the quote and the backslash are escaped: \\xNN a byte, \\uNNNN a character.
+    A WSGI string holds raw bytes (latin-1): they are read as UTF-8 where they are. Controls (a CR/LF would start
+    a forged line, ESC drives terminals) and bytes that are not UTF-8 are escaped by index.printable, and the
+    quote and the backslash too: a logged value never ends its quotes early.
     """
     if PLAIN.match(value):
         return value
@@ -43,16 +43,7 @@ def loggable(value: str) -> str:
         value = value.encode("latin-1").decode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # not a WSGI byte string: taken as characters
         pass
-    return "".join(ch if ch.isprintable() and ch not in '\\"' else _escaped(ch) for ch in value)
-
-
-def _escaped(ch: str) -> str:
-    code = ord(ch)
-    if ch in '\\"':
-        return "\\" + ch
-    if code < 0x80 or 0xDC80 <= code <= 0xDCFF:  # an ASCII control, or a byte that is not UTF-8
-        return f"\\x{code & 0xFF:02x}"
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+    return printable(value.replace("\\", "\\\\").replace('"', '\\"'))
 
 
 def access_logged(app: Callable[..., Any]) -> Callable[..., Any]:

@@ -42,7 +42,7 @@ def test_control_characters_cannot_forge_access_log_lines(run_server, packages):
     assert wait_for(lambda: access_lines(server, "red"), timeout=5)
 
     lines = access_lines(server, "forged")
-    assert len(lines) == 1 and "/zz\\x0d\\x0a1.2.3.4 - \\\"GET /forged HTTP/1.1\\\" 200" in lines[0]
+    assert len(lines) == 1 and "/zz\\r\\n1.2.3.4 - \\\"GET /forged HTTP/1.1\\\" 200" in lines[0]
     output = server.output()
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", output)  # nothing a terminal would act on
     [line] = access_lines(server, "red")
