@@ -246,18 +246,18 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
     # Any path under the prefix, newlines too: the file is found from the raw path (index_key).
     @app.route(download + "/<:re:[\\s\\S]+>", method=["GET", "HEAD"])
     def download_file() -> Any:
-        record = server.index.current.records.get(index_key(bottle.request.environ, download))
-        if record is None:
-            return error(404, "no such package file")
-        response = files.send(os.path.join(server.index.root, record.path), record.signature,
+        def send(record: Any) -> Any:
+            if record is None:
+                return None
+            return files.send(os.path.join(server.index.root, record.path), record.signature,
                               record.path.rsplit("/", 1)[-1])
-        if response is None:
-            # Changed since the index read it, in a way no event has told yet (a symlink's target replaced
-            # elsewhere, the settle window, the poll interval): look again now, and serve what is there.
-            record = server.index.refresh(record.path)
-            if record is not None:
-                response = files.send(os.path.join(server.index.root, record.path), record.signature,
-                                      record.path.rsplit("/", 1)[-1])
+
+        record = server.index.current.records.get(index_key(bottle.request.environ, download))
+        # None: changed since the index read it, in a way no event has told yet (a symlink's target replaced
+        # elsewhere, the settle window, the poll interval): look again now, and serve what is there.
+        response = send(record)
+        if response is None and record is not None:
+            response = send(server.index.refresh(record.path))
         return error(404, "no such package file") if response is None else response
 
     @app.route(static + "/<name>", method=["GET", "HEAD"])

@@ -38,6 +38,13 @@ def tokens(value: Optional[str]) -> Tuple[str, ...]:
     return tuple(value.lower().split()) if value else ()
 
 
+# The files of a package have the same INFO keys: one set for them all, made once per file, not per index state.
+@lru_cache(maxsize=1024)
+def languages_of(keys: Tuple[str, ...]) -> frozenset:
+    """The languages an INFO has texts in (displayname_fre, description_ger, ...)."""
+    return frozenset(key.partition("_")[2] for key in keys if key.startswith(("displayname_", "description_")))
+
+
 @lru_cache(maxsize=1024)
 def platforms(value: Optional[str]) -> Tuple[str, ...]:
     """An INFO arch or exclude_arch list as normalized platforms."""
@@ -50,7 +57,7 @@ class Offer:
     # Slots: one of these per file, built at every start-up; a plain class builds in a fraction of a
     # frozen dataclass's time and holds no __dict__.
     __slots__ = ("record", "package", "arch", "exclude_arch", "models", "exclude_models",
-                 "min_build", "min_major", "max_build", "beta", "version_key")
+                 "min_build", "min_major", "max_build", "beta", "version_key", "languages")
 
     def __init__(self, record: Any):  # record: index.Record
         info = record.package.info
@@ -67,6 +74,7 @@ class Offer:
         self.max_build: Optional[int] = maximum.build if maximum else None
         self.beta = is_beta(info)
         self.version_key = synology.version_key(info["version"])
+        self.languages = languages_of(tuple(info))
 
     def verdict(self, query: "Query") -> Union[int, str]:
         """This file's arch-match rank (1-3) when it is a candidate for the query, else the code of the
@@ -171,8 +179,7 @@ class Catalog:
         self.build_steps = sorted({synology.DSM7_BUILD, synology.DICT_SHAPE_BUILD}
                                   | {o.min_build for o in self.offers}
                                   | {o.max_build + 1 for o in self.offers if o.max_build is not None})
-        self.languages = {key.partition("_")[2] for o in self.offers for key in o.record.package.info
-                          if key.startswith(("displayname_", "description_"))}
+        self.languages = frozenset().union(*(o.languages for o in self.offers))
         self._memo: "OrderedDict[tuple, bytes]" = OrderedDict()
         self._memo_bytes = 0
         self._memo_lock = threading.Lock()
@@ -223,6 +230,10 @@ class Catalog:
         """The newest candidate file of each package id, ordered by package id."""
         # A verdict that is not a rank is the code of the rule that excludes the file.
         return newest_per_package((o, rank) for o in self.offers if isinstance(rank := self.verdict(o, query), int))
+
+    def latest(self, offers: Iterable[Offer]) -> List[Offer]:
+        """The newest file of each package among `offers`, whatever NAS it is for; yanked files left out."""
+        return newest_per_package((o, 1) for o in offers if o.record.path not in self.yanked)
 
     def verdict(self, offer: Offer, query: Query) -> Union[int, str]:
         """Offer.verdict, with "yanked" first: yanking is the operator's word, above every INFO rule."""
@@ -296,7 +307,7 @@ class Catalog:
         chosen = [o for o in self.offers
                   if (not platform or synology.arch_match(o.arch, platform)) and matches(o, name, language)]
         if latest:
-            chosen = newest_per_package((o, 1) for o in chosen if o.record.path not in self.yanked)
+            chosen = self.latest(chosen)
         return [self.file_object(o, links, language) for o in chosen]
 
     def file_object(self, offer: Offer, links: Links, language: str = "") -> Dict[str, Any]:

@@ -73,10 +73,10 @@ def _text(raw: Any) -> str:
     """A scalar as text; YAML may have turned `hostname: 1234` into an int."""
     if isinstance(raw, (dict, list, tuple, bool, bytes)) or raw is None:
         raise TypeError(raw)
-    return _printable(str(raw).strip())
+    return _storable(str(raw).strip())
 
 
-def _printable(value: str) -> str:
+def _storable(value: str) -> str:
     """Text that the config file can hold: no NUL (no path or name can; a YAML "\\0" escape would fail later in
     os calls), no bytes that are not UTF-8 (a flag or variable's, kept as surrogates: YAML cannot write them, so
     the first-run file would not read back)."""
@@ -274,7 +274,7 @@ def string_list(split: Callable[[str], list[str]], item_ok: Callable[[str], bool
         for piece in pieces:
             if not isinstance(piece, str):
                 raise TypeError(piece)
-            for item in split(_printable(piece)):
+            for item in split(_storable(piece)):
                 if item not in items:  # the same key or file twice is sent once
                     items.append(item)
         if not all(item_ok(item) for item in items):

@@ -351,6 +351,7 @@ class Index:
         return os.path.realpath(os.path.join(self.root, rel))
 
     def _set_links(self, links: Dict[str, str]) -> None:
+        # Equal links keep the same object: the watcher re-watches target folders only when `links` is another.
         if links != self.links:
             self.links = links
 

@@ -22,7 +22,7 @@ import bottle
 
 from spklite import __version__, synology
 from spklite.app import asset
-from spklite.catalog import Query, matches, newest_per_package
+from spklite.catalog import Query, matches
 from spklite.config import is_loopback
 from spklite.explain import OFFERED, explain
 from spklite.index import printable
@@ -233,8 +233,7 @@ def render(server: Any, get: Get) -> str:
         nas_link = "./?" + urlencode(choice.nas_params())
         explain_link = "v1/explain?" + urlencode(choice.nas_params())
     else:  # every file, or (nothing picked yet) the newest version of every package, whatever NAS it is for
-        offers = catalog.offers if view == "files" else newest_per_package(
-            (o, 1) for o in catalog.offers if o.record.path not in catalog.yanked)
+        offers = catalog.offers if view == "files" else catalog.latest(catalog.offers)
         items = [item(catalog.file_object(o, links), o) for o in offers if matches(o, search)]
     # The search form keeps the rest of the view: the NAS picked, the files view.
     keep = {k: v for k, v in (("model", get("model")), ("platform", get("platform")), ("dsm", get("dsm")),
