@@ -18,13 +18,14 @@ import bottle
 
 from spklite import __license__, __version__, files
 from spklite.catalog import Catalog, Links, Query, encode
+from spklite.channels import ENVIRON_KEY, MAIN, Channel, Channels
 from spklite.config import load_yaml
 from spklite.index import Index, State, printable
 from spklite.yank import Yanked
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+    from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ class Server:
         self.watch_mode = watch_mode
         self.default_icon = asset("default-icon.png")
         self.yanked = Yanked(index.cache_dir)
-        self._catalog: Tuple[Any, Catalog] = (None, Catalog([], self.catalog_settings))
+        self.channels = Channels(cfg)
+        # Per channel folder (None: the main catalog), the index state it was built for and the catalog.
+        self._catalogs: Dict[Optional[str], Tuple[Any, Catalog]] = {}
         self._catalog_lock = threading.Lock()
 
     @functools.cached_property
@@ -98,30 +101,50 @@ class Server:
         """Loaded on first use: YAML parsing is slow without PyYAML's C module (the zipapp)."""
         return load_models(self.cfg.get("filesystem.models", ""))
 
-    def catalog(self) -> Tuple[State, Catalog]:
-        """The catalog of the current index state, built once per state."""
+    def catalog(self, channel: Channel = MAIN) -> Tuple[State, Catalog]:
+        """The catalog of the current index state for the channel's files, built once per state."""
         state = self.index.current
         stamp, yanked = self.yanked.current()  # one stat: a yank shows on the next request
-        version, catalog = self._catalog
-        if version != (state.version, stamp):
+        version, catalog = self._catalogs.get(channel.folder, (None, None))
+        if version != (state.version, stamp) or catalog is None:
             with self._catalog_lock:
-                version, catalog = self._catalog
-                if version != (state.version, stamp):
-                    catalog = Catalog(state.records.values(), self.catalog_settings, previous=catalog,
-                                      rejected=state.rejected.values(), yanked=yanked)
-                    self._catalog = ((state.version, stamp), catalog)
+                version, catalog = self._catalogs.get(channel.folder, (None, None))
+                if version != (state.version, stamp) or catalog is None:
+                    records: Iterable[Any] = state.records.values()
+                    rejected: Iterable[Any] = state.rejected.values()
+                    if self.channels.folders:  # only the channel's files
+                        records = [r for r in records if self.channels.folder_of(r.path) == channel.folder]
+                        rejected = [r for r in rejected if self.channels.folder_of(r.path) == channel.folder]
+                    catalog = Catalog(records, self.catalog_settings, previous=catalog, rejected=rejected,
+                                      yanked=yanked)
+                    self._catalogs[channel.folder] = ((state.version, stamp), catalog)
         return state, catalog
 
     def links(self, environ: Mapping[str, Any]) -> Links:
+        """How this request's URLs are made: under its channel's prefix (a part of every memo key)."""
         scheme = self.cfg["scheme"] or environ.get("wsgi.url_scheme", "http")
         host = self.cfg["hostname"] or request_host(environ)
-        return Links(f"{scheme}://{host}", self.cfg["router.download"], self.cfg["router.static"], DEFAULT_ICON)
+        prefix = channel_of(environ).prefix
+        return Links(f"{scheme}://{host}{prefix}", self.cfg["router.download"], self.cfg["router.static"],
+                     DEFAULT_ICON)
 
     def nas_answer(self, environ: Mapping[str, Any], params: Mapping[str, str]) -> bytes:
         """The catalog answer for a NAS's parameters (memoised by the catalog on exactly what decides it)."""
-        _, catalog = self.catalog()
+        channel = channel_of(environ)
+        _, catalog = self.catalog(channel)
         debug = debug_info(environ, params) if self.cfg["debug-package"] else None
-        return catalog.answer(Query.from_params(params.get), self.links(environ), debug)
+        return catalog.answer(query_of(channel, params.get), self.links(environ), debug)
+
+
+def channel_of(environ: Mapping[str, Any]) -> Channel:
+    """The channel CatalogFront found the request's path under."""
+    return environ.get(ENVIRON_KEY, MAIN)
+
+
+def query_of(channel: Channel, get: Callable[[str], Optional[str]]) -> Query:
+    """A NAS's question as the channel hears it: a beta channel's is the beta channel's, whatever it asked."""
+    query = Query.from_params(get)
+    return query._replace(beta_channel=True) if channel.beta else query
 
 
 def request_host(env: Mapping[str, str]) -> str:
@@ -253,6 +276,8 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
                               record.path.rsplit("/", 1)[-1])
 
         record = server.index.current.records.get(index_key(bottle.request.environ, download))
+        if record is not None and server.channels.folder_of(record.path) != channel_of(bottle.request.environ).folder:
+            record = None  # another channel's file: offered, and downloaded, only under its prefix
         # None: changed since the index read it, in a way no event has told yet (a symlink's target replaced
         # elsewhere, the settle window, the poll interval): look again now, and serve what is there.
         response = send(record)
@@ -307,7 +332,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         return json_response({
             "name": "spklite", "version": __version__, "license": __license__,
             "description": "A small, fast Synology package server",
-            "download": download, "static": static,
+            "download": download, "static": static, "channels": server.channels.public(),
         })
 
     @api("/health")
@@ -321,6 +346,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
             "from_snapshot": server.index.stats["from_snapshot"], "parsed": server.index.stats["parsed"],
             "md5_pending": len(server.index.pending_md5()),
             "folder_available": os.path.isdir(server.index.root) and "" not in server.index.unreadable,
+            "channels": [c["prefix"] for c in server.channels.public()],
         }
         if problems:
             body["problems"] = [{"path": path, "reason": why} for path, why in problems.items()]
@@ -328,29 +354,36 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
             body["cache_error"] = server.index.cache_error
         return json_response(body)
 
+    def in_channels(objs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """File objects with the prefixes that offer them (all of a catalog's files are in the same ones)."""
+        serving = server.channels.serving(channel_of(bottle.request.environ).folder)
+        for obj in objs:
+            obj["channels"] = serving
+        return objs
+
     @api("/v1/packages")
     def packages() -> Any:
-        _, catalog = server.catalog()
+        _, catalog = server.catalog(channel_of(bottle.request.environ))
         q = bottle.request.query
         latest = (q.getunicode("latest") or "").lower() in ("1", "true", "yes")
-        return json_response(catalog.files(
+        return json_response(in_channels(catalog.files(
             server.links(bottle.request.environ), platform=q.getunicode("arch") or "",
-            name=q.getunicode("name") or "", latest=latest, language=(q.getunicode("language") or "").lower()))
+            name=q.getunicode("name") or "", latest=latest, language=(q.getunicode("language") or "").lower())))
 
     @api("/v1/packages/<name:path>")
     def package(name: str) -> Any:
-        _, catalog = server.catalog()
+        _, catalog = server.catalog(channel_of(bottle.request.environ))
         language = (bottle.request.query.getunicode("language") or "").lower()
         links = server.links(bottle.request.environ)
         if name.lower().endswith(".spk"):  # a file, as /v1/packages shows it
             offers = [o for o in catalog.offers if printable(o.record.path) == name]
             if not offers:
                 return error(404, f"no package file {name!r}")
-            return json_response(catalog.file_object(offers[0], links, language))
+            return json_response(in_channels([catalog.file_object(offers[0], links, language)])[0])
         found = [catalog.file_object(o, links, language) for o in catalog.offers if o.package == name]
         if not found:
             return error(404, f"no package {name!r}")
-        return json_response(found)
+        return json_response(in_channels(found))
 
     @api("/v1/models")
     def models() -> Any:
@@ -360,17 +393,18 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
     @api("/v1/rejected")
     def rejected() -> Any:
         folders = [{"file": printable(rel or ".") + "/", "reason": why} for rel, why in server.index.unreadable.items()]
-        return json_response(folders + [{"file": printable(r.path), "reason": r.reason}
-                                         for r in server.index.current.rejected.values()])
+        _, catalog = server.catalog(channel_of(bottle.request.environ))  # the channel's files only
+        return json_response(folders + [{"file": printable(r.path), "reason": r.reason} for r in catalog.rejected])
 
     @api("/v1/explain")
     def explain_route() -> Any:
         from spklite import explain, page  # imported on first use: a tool for people
 
         params = request_params(bottle.request.environ)
-        _, catalog = server.catalog()
+        channel = channel_of(bottle.request.environ)
+        _, catalog = server.catalog(channel)
         if is_nas_request(params.get):  # the NAS's own parameters, read as the catalog reads them
-            query = Query.from_params(params.get)
+            query = query_of(channel, params.get)
         else:  # or the page's picker: model, platform, dsm, channel
             choice, messages = page.pick(server.models, params.get)
             if choice is None:
@@ -378,7 +412,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
                              "package_update_channel, ...) or the page's model or platform, dsm and channel",
                              expected=["arch", "build", "unique", "package_update_channel", "model", "platform",
                                        "dsm", "channel", "package"])
-            query = Query.from_params(choice.nas_params().get)
+            query = query_of(channel, choice.nas_params().get)
         package = params.get("package", "")
         decisions = explain.explain(catalog, query, package)
         offered = sum(d.rule == explain.OFFERED for d in decisions)
@@ -416,8 +450,15 @@ class CatalogFront:
     def __init__(self, app: bottle.Bottle, server: Server):
         self.app = app
         self.server = server
+        self.channels = server.channels if server.channels.prefixed else None
 
     def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if self.channels and environ.get("PATH_INFO") != "/":
+            refused = self.enter_channel(environ)
+            if refused:
+                status, headers, body = refused
+                start_response(status, [*headers, ("Content-Length", str(len(body)))])
+                return [body]
         if environ.get("PATH_INFO") == "/" and environ.get("REQUEST_METHOD") in ("GET", "POST"):
             params = request_params(environ)
             if is_nas_request(params.get):
@@ -426,6 +467,28 @@ class CatalogFront:
                                           ("Access-Control-Allow-Origin", "*")])
                 return [body]
         return self.app(environ, start_response)
+
+    def enter_channel(self, environ: Dict[str, Any]) -> Optional[Tuple[str, List[Tuple[str, str]], bytes]]:
+        """A path under a channel's prefix: the prefix moves to SCRIPT_NAME and the channel into the environ,
+        so that every route below works as at "/". Returns (status, headers, body) when the path is not to be
+        routed."""
+        found = self.channels.match(environ.get("PATH_INFO", "")) if self.channels else None
+        if found is None:
+            return None
+        channel, rest = found
+        if not rest:  # "/beta": a NAS is answered (it may not follow a redirect), anyone else sent to "/beta/"
+            if not is_nas_request(request_params(environ).get):
+                query = environ.get("QUERY_STRING", "")
+                location = channel.prefix + "/" + ("?" + query if query else "")
+                return "301 Moved Permanently", [("Location", location)], b""
+            rest = "/"
+        if rest == "/packages" or rest.startswith("/packages/"):
+            return "404 Not Found", [("Content-Type", JSON_TYPE)], encode(
+                {"error": "publishing is at /packages, not under a channel's prefix"})
+        environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + channel.prefix
+        environ["PATH_INFO"] = rest
+        environ[ENVIRON_KEY] = channel
+        return None
 
 
 def nas_response(body: bytes) -> bottle.HTTPResponse:

@@ -51,6 +51,11 @@ class ConfigError(Exception):
     """A setting cannot be used; str(error) is one line naming the setting, the value and what is allowed."""
 
 
+class Refused(ValueError):
+    """A value refused for a reason of its own: str(error) says the value and why (the setting's name goes
+    before it)."""
+
+
 # Kinds of values ############################################################################################
 
 
@@ -184,6 +189,29 @@ PREFIX = Kind(
     "/health or /getList",
     "PREFIX",
 )
+
+BETA_PREFIX = Kind(
+    lambda raw: _parse_prefix(raw) if _text(raw) else "",
+    PREFIX.allowed + ", or empty for none",
+    "PREFIX",
+)
+CHANNELS_ALLOWED = ("a mapping of URL prefixes to sub-folders of the packages folder, e.g. {/testing/: testing, "
+                    "/s/<token>/: {folder: private, beta: true}}")
+
+
+def _parse_channels(raw: Any) -> Any:
+    from spklite import channels  # the rules of channels are that module's
+
+    return channels.parse(raw)
+
+
+def _show_channels(value: Any) -> Any:
+    from spklite import channels
+
+    return channels.show(value)
+
+
+CHANNELS = Kind(_parse_channels, CHANNELS_ALLOWED, "MAPPING", _show_channels)
 
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 DAY = 86400  # the longest wait a setting may ask for: threading's waits overflow on absurd ones
@@ -508,6 +536,16 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     Setting("router.download", "/download", PREFIX, "URL prefix of package downloads", NETWORK, ("--download",)),
     Setting("router.static", "/static", PREFIX, "URL prefix of icons and screenshots", NETWORK, ("--static",)),
+    Setting("router.beta", "/beta", BETA_PREFIX, "URL prefix of the beta channel, whatever the NAS asks for",
+            NETWORK),
+    Setting(
+        "channels",
+        {},
+        CHANNELS,
+        "more sources: URL prefix -> sub-folder of the packages folder, offered only there (/s/<token>/: a "
+        "secret one)",
+        CATALOG,
+    ),
     Setting(
         "watch",
         "auto",
@@ -626,10 +664,12 @@ def _shown(raw: Any) -> str:
 
 
 def _parse(setting: Setting, raw: Any, source: str) -> Any:
+    where = f" (from {source})" if source else ""
     try:
         return setting.kind.parse(raw)
+    except Refused as exc:
+        raise ConfigError(f"{setting.key}: {exc}{where}") from None
     except (ValueError, TypeError):
-        where = f" (from {source})" if source else ""
         raise ConfigError(f"{setting.key}: {_shown(raw)} is not allowed: {setting.kind.allowed}{where}") from None
 
 
@@ -878,6 +918,9 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str], *, create_file: b
             if setting.key == "filesystem.packages":
                 _check_packages_folder(cfg[setting.key], source)
     _check_together(cfg)
+    from spklite import channels  # the rules of channels are that module's
+
+    channels.check(cfg)
     _check_waitress(cfg)
     if cfg["filesystem.models"] and not os.path.isfile(cfg["filesystem.models"]):
         # gosspks' config always names a models.yml it downloaded itself; without it the bundled list serves

@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urlsplit
 import bottle
 
 from spklite import __version__, synology
-from spklite.app import asset
+from spklite.app import asset, channel_of
 from spklite.catalog import Query, matches
 from spklite.config import is_loopback
 from spklite.explain import OFFERED, explain
@@ -212,9 +212,12 @@ def reachable_locations(location: str) -> List[str]:
 
 
 def render(server: Any, get: Get) -> str:
-    state, catalog = server.catalog()
+    channel = channel_of(bottle.request.environ)
+    _, catalog = server.catalog(channel)
     links = server.links(bottle.request.environ)
     choice, messages = pick(server.models, get)
+    if choice is not None and channel.beta:  # a beta channel's NAS is on the beta channel, whatever it asks
+        choice = choice._replace(channel="beta")
     view = (get("view") or "").strip()
     if view not in ("", "files"):
         messages.append(f"Unknown view “{view}”.")
@@ -248,8 +251,11 @@ def render(server: Any, get: Get) -> str:
         listen_host=server.cfg["host"] if is_loopback(server.cfg["host"]) else "",
         folder=printable(server.cfg["filesystem.packages"]),
         watching=server.watch_mode() != "off",
-        total=len(state.records),
-        rejected=[r._replace(path=printable(r.path)) for r in sorted(state.rejected.values(), key=lambda r: r.path)],
+        total=len(catalog.offers),
+        rejected=[r._replace(path=printable(r.path)) for r in catalog.rejected],
+        channel=channel,
+        base=links.base[:len(links.base) - len(channel.prefix)],  # the server's own URL, for the other channels
+        sources=[c for c in server.channels.public() if c["prefix"] != channel.prefix + "/"],
         models=server.models,
         platforms=PLATFORMS,
         families=synology.PLATFORM_FAMILY,

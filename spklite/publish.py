@@ -19,6 +19,7 @@ import bottle
 
 from spklite import spk
 from spklite.app import Server, json_response
+from spklite.channels import ENVIRON_KEY
 from spklite.config import ConfigError
 from spklite.index import is_candidate_name, printable, remove_temps
 
@@ -178,16 +179,19 @@ class Publisher:
 
     def created(self, rel: str, environ: Dict[str, Any]) -> bottle.HTTPResponse:
         """201 with the object /v1/packages/<file> gives, and spkrepo's firmware and architectures."""
-        _, catalog = self.server.catalog()
-        links = self.server.links(environ)
+        channels = self.server.channels
+        channel = channels.home(channels.folder_of(rel))  # a publish folder may be a channel's
+        _, catalog = self.server.catalog(channel)
+        links = self.server.links({**environ, ENVIRON_KEY: channel})
         offer = next((o for o in catalog.offers if o.record.path == rel), None)
         if offer is None:
             return answer(201, "published", file=printable(rel))
         body = catalog.file_object(offer, links)
+        body["channels"] = channels.serving(channel.folder)
         body["firmware"] = body.get("os_min_ver", "")
         body["architectures"] = body.get("arch", "").split()
         response = json_response(body, 201)
-        response.set_header("Location", f"/v1/packages/{printable(rel)}")
+        response.set_header("Location", f"{channel.prefix}/v1/packages/{printable(rel)}")
         return response
 
     def delete(self, name: str, by: str) -> bottle.HTTPResponse:

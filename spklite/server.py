@@ -15,6 +15,7 @@ import waitress
 
 from spklite import __version__, config, listener, watch
 from spklite.app import FORM_KEY, make_app
+from spklite.channels import mask
 from spklite.index import Index, open_index, printable
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
@@ -50,7 +51,7 @@ def access_logged(app: Callable[..., Any]) -> Callable[..., Any]:
     """WSGI middleware: one log line per request, the NAS serial number masked, values escaped."""
 
     def logged(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")  # as received: Bottle replaces it with its decoded text
+        path = mask(environ.get("PATH_INFO", ""))  # as received (Bottle replaces it), a secret prefix masked
         started = time.monotonic()
 
         def start(status: str, headers: list, exc_info: Any = None) -> Any:

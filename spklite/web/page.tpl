@@ -37,6 +37,16 @@ spklite also listens on {{listen_host}} only: start it with <code>--host 0.0.0.0
 <li>Package Center → <b>Settings</b> → <b>Package Sources</b> → <b>Add</b>: any name, and the Location above.</li>
 <li>DSM 6 only: Package Center → <b>Settings</b> → <b>General</b> → <b>Trust Level</b> → <b>Any publisher</b>.</li>
 </ol>
+% if channel.prefix:
+<p class="channel">Channel <code>{{channel.shown}}</code>: {{'the files in ' + channel.folder + '/, offered only at this Location' if channel.folder else 'the main catalog'}}{{', as the beta channel (for DSM 7 too)' if channel.beta else ''}}.</p>
+% end
+% if sources:
+<p class="channels">Other sources here:
+% for c in sources:
+<a href="{{base}}{{c['prefix']}}"><code>{{base}}{{c['prefix']}}</code></a> ({{'files in ' + c['folder'] + '/' if c['folder'] else 'main catalog'}}{{', beta channel' if c['beta'] else ''}})
+% end
+</p>
+% end
 </section>
 
 <form class="card picker" method="get" action="./">
