@@ -479,7 +479,8 @@ class CatalogFront:
         if not rest:  # "/beta": a NAS is answered (it may not follow a redirect), anyone else sent to "/beta/"
             if not is_nas_request(request_params(environ).get):
                 query = environ.get("QUERY_STRING", "")
-                location = channel.prefix + "/" + ("?" + query if query else "")
+                # relative: right behind a proxy that serves spklite under a path of its own too
+                location = channel.prefix.rsplit("/", 1)[1] + "/" + ("?" + query if query else "")
                 return "301 Moved Permanently", [("Location", location)], b""
             rest = "/"
         if rest == "/packages" or rest.startswith("/packages/"):
