@@ -392,8 +392,10 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
 
     @api("/v1/rejected")
     def rejected() -> Any:
-        folders = [{"file": printable(rel or ".") + "/", "reason": why} for rel, why in server.index.unreadable.items()]
-        _, catalog = server.catalog(channel_of(bottle.request.environ))  # the channel's files only
+        channel = channel_of(bottle.request.environ)  # the channel's folders and files only
+        folders = [{"file": printable(rel or ".") + "/", "reason": why} for rel, why in server.index.unreadable.items()
+                   if server.channels.folder_of(rel + "/") == channel.folder]
+        _, catalog = server.catalog(channel)
         return json_response(folders + [{"file": printable(r.path), "reason": r.reason} for r in catalog.rejected])
 
     @api("/v1/explain")

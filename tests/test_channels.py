@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
-from spkbuilder import build_spk
+from conftest import wait_for
+from spkbuilder import build_broken, build_spk
 
 from spklite import publish
 
@@ -153,6 +154,9 @@ def test_a_secret_prefix_serves_its_folder_and_nothing_tells_its_token(tmp_path:
                  "/testing/v1/packages"):
         assert TOKEN not in server.get(path, {"Accept": "text/html"})[2].decode(), path
         assert "secret.spk" not in server.get(path, {"Accept": "text/html"})[2].decode(), path
+    build_broken(folder / "private" / "broken.spk", "gzip")  # a private file's name stays private, broken too
+    assert wait_for(lambda: server.json(f"/s/{TOKEN}/v1/rejected"), timeout=5)[0]["file"] == "private/broken.spk"
+    assert server.json("/v1/rejected") == [] and server.json("/testing/v1/rejected") == []
     about = server.json("/about")["channels"]
     assert [c["prefix"] for c in about] == ["/", "/beta/", "/testing/"]
     assert server.json("/health")["channels"] == ["/", "/beta/", "/testing/"]
