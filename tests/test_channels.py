@@ -104,7 +104,8 @@ def test_a_folder_channel_is_offered_only_at_its_prefix(tmp_path: Path, run_serv
     # nowhere else: not downloadable outside its prefix, nor a main file inside it
     for path in ("/download/testing/bar.spk", "/beta/download/testing/bar.spk", "/testing/download/foo-1.spk",
                  "/download/private/secret.spk", "/testing/download/private/secret.spk",
-                 "/testing/download/testing/../private/secret.spk", "/testing/download/testing/%2e%2e/private/secret.spk",
+                 "/testing/download/testing/../private/secret.spk",
+                 "/testing/download/testing/%2e%2e/private/secret.spk",
                  "/testing/../download/testing/bar.spk", "/testing/%2e%2e/download/foo-1.spk",
                  f"/testing/../s/{TOKEN}/download/private/secret.spk", "/testing//download/testing/bar.spk"):
         assert status(server, path) == 404, path

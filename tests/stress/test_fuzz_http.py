@@ -113,7 +113,8 @@ TRAVERSALS = [
     "\u2025/secret-beside.spk",
     "%ef%bc%8e%ef%bc%8e/secret-beside.spk",
 ]
-PREFIXES = ["/download/", "/static/", "/v1/packages/", "/", "/download/sub/", "/static/..%2f", "/getList/v0/"]
+PREFIXES = ["/download/", "/static/", "/v1/packages/", "/", "/download/sub/", "/static/..%2f", "/getList/v0/",
+            "/beta/download/", "/beta/", "/beta/..%2fdownload/"]
 
 
 def test_traversal_and_known_attacks(target: Target):
@@ -205,6 +206,9 @@ PREFIX = st.sampled_from(
         "*",
         "http://127.0.0.1/",
         "/DOWNLOAD/",
+        "/beta/",  # the beta channel's prefix: every route again under it
+        "/beta/download/",
+        "/beta",
     ]
 )
 KEYS = st.sampled_from(
