@@ -234,8 +234,11 @@ class Mirror:
             return True
         known = self.state["files"].get(want.name) or {}
         if known.get("size") != st.st_size or known.get("mtime_ns") != st.st_mtime_ns or not known.get("md5"):
-            with open(self.path(want.name), "rb") as fh:
-                known = self.remember(want, st, md5_of(fh))
+            try:
+                with open(self.path(want.name), "rb") as fh:
+                    known = self.remember(want, st, md5_of(fh))
+            except OSError:
+                return False  # unreadable: fetched again and replaced
         return known["md5"] == want.md5
 
     def remember(self, want: Wanted, st: os.stat_result, md5: str) -> dict[str, Any]:
@@ -434,8 +437,8 @@ def mirror(url: str, asked: list[tuple[Profile, str, str]], folder: str, delete:
             progress.done += 1
             progress.show()
     removed = 0
-    if delete and problems:
-        progress.say("spklite: mirror: --delete skipped: not every catalog answered")
+    if delete and (problems or bad):  # a file missing from a broken answer may well still be offered
+        progress.say("spklite: mirror: --delete skipped: not every catalog answered in full")
     elif delete:
         for name in store.unoffered(wanted):
             remove(os.path.join(folder, name))

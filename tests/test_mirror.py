@@ -23,7 +23,7 @@ from conftest import TESTS, free_port, wait_for
 from spkbuilder import build_spk
 
 from spklite.index import Index
-from spklite.mirror import file_name
+from spklite.mirror import file_name, plan
 
 RUN_TIMEOUT = 60  # seconds a mirror run may take in these tests
 
@@ -173,11 +173,12 @@ def test_usage_errors_exit_2_in_one_line(upstream: Any, tmp_path: Path) -> None:
 
 class Source:
     """A stdlib HTTP server on 127.0.0.1: `/` answers `catalog(build)`; `files` maps paths to bytes, served with
-    an ETag and single-range support; a path in `cut` gets half its bytes and a closed connection, once; every
-    request is recorded as (method, path, headers)."""
+    an ETag and single-range support; `moved` maps paths to a redirect's Location; a path in `cut` gets half its
+    bytes and a closed connection, once; every request is recorded as (method, path, headers)."""
 
     def __init__(self) -> None:
         self.files: Dict[str, bytes] = {}
+        self.moved: Dict[str, str] = {}
         self.cut: List[str] = []
         self.catalog: Callable[[int], bytes] = lambda build: b'{"packages": []}'
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
@@ -198,6 +199,8 @@ class Source:
                 if path == "/":
                     body = source.catalog(int(urllib.parse.parse_qs(query)["build"][0]))
                     return self.send(200, body, {"Content-Type": "application/json"})
+                if path in source.moved:
+                    return self.send(302, b"", {"Location": source.moved[path]})
                 if path not in source.files:
                     return self.send(404, b"not found", {})
                 data = source.files[path]
@@ -296,6 +299,21 @@ def test_an_interrupted_download_resumes_with_range_and_if_range(source: Source,
     assert gets[1]["range"] == "bytes=150000-" and gets[1]["if-range"] == '"%s"' % entry["md5"]
 
 
+def test_links_that_redirect_are_followed_and_resumed(source: Source, tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    entry = source.offer("/cdn/object-1234", data, link=source.url + "/get/tool.spk")
+    source.moved["/get/tool.spk"] = source.url + "/cdn/object-1234"  # as a CDN does
+    source.catalog = dsm7(entry)
+    source.cut.append("/cdn/object-1234")
+    into = tmp_path / "m"
+    assert mirror(tmp_path / "home", source.url, "--platform", "geminilake", "--into", str(into))[0] == 1
+    status, out, err = mirror(tmp_path / "home", source.url, "--platform", "geminilake", "--into", str(into))
+    assert status == 0, out + err
+    assert (into / "tool.spk").read_bytes() == data  # named after the link, not the redirect's target
+    gets = [headers for method, path, headers in source.requests if path == "/cdn/object-1234"]
+    assert gets[-1]["range"] == "bytes=50000-"  # the Range went along with the redirect
+
+
 def test_a_part_of_a_replaced_file_is_not_glued_to_the_new_one(source: Source, tmp_path: Path) -> None:
     old = source.offer("/pkg/x.spk", b"old " * 50_000)
     source.catalog = dsm7(old)
@@ -357,6 +375,23 @@ def test_an_spkrepo_answer_is_mirrored_and_served(
     assert [r["file"] for r in local.json("/v1/rejected")] == [f"{folder.relative_to(packages)}/_.._escape.spk"]
 
 
+def test_links_merge_and_names_do_not_clash() -> None:
+    def entry(link: str, md5: str, size: int = 5) -> Dict[str, Any]:
+        return {"package": "p", "version": "1", "link": link, "md5": md5, "size": size}
+
+    wanted, problems = plan("http://s/", [
+        entry("http://s/a/x.spk", "a" * 32), entry("http://s/a/x.spk", "a" * 32),  # two units, one file
+        entry("http://s/b/X.spk", "b" * 32),  # another file of the same name (names compare as on a NAS share)
+        entry("/c/y.spk", "c" * 32),  # relative: taken from the source's URL
+        entry("file:///etc/passwd", "d" * 32),
+        entry("http://s/a/x.spk", "e" * 32),  # the same link, another md5
+    ])
+    assert [(w.name, w.link) for w in wanted] == [
+        ("x.spk", "http://s/a/x.spk"), ("X-bbbbbbbb.spk", "http://s/b/X.spk"), ("y.spk", "http://s/c/y.spk")]
+    assert problems == ["p: no http(s) link ('file:///etc/passwd')",
+                        "http://s/a/x.spk: a different size or md5 for different NAS units"]
+
+
 @pytest.mark.parametrize("link, name", [
     ("http://h/a/b.spk", "b.spk"),
     ("http://h/a/..%2F..%2Fetc%2Fx.spk", "_.._etc_x.spk"),
@@ -409,7 +444,7 @@ def test_a_bad_catalog_answer_is_explained_and_nothing_is_deleted(
                               "--into", str(into))
     assert status == 1, out + err
     assert f"spklite: mirror: DSM 7.3.0-86009 geminilake stable: {text}" in err
-    assert "--delete skipped: not every catalog answered" in err
+    assert "--delete skipped: not every catalog answered in full" in err
     assert (into / "kept.spk").exists()
 
 
