@@ -1,7 +1,7 @@
 """The command line, generated from the config schema: `spklite [COMMAND] [flags]`.
 
-Commands: serve (the default), config, version, check FILE.spk..., scan, doctor [URL]. Flags may stand before or
-after the command; gosspks' flag names and short letters work, and its cache flags are accepted and ignored.
+Commands: serve (the default), config, version, check FILE.spk..., scan, doctor [URL], mirror URL. Flags may stand
+before or after the command; gosspks' flag names and short letters work, and its cache flags are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ COMMANDS = (  # name, gosspks' aliases, help
     ("check", (), "check .spk files (or every one under a folder) like a linter: exit 1 when one is rejected"),
     ("scan", (), "index the packages folder, write the snapshot, print a summary"),
     ("doctor", (), "check a package source (default: this server) as DSM 7, 6 and 5 units see it"),
+    ("mirror", (), "copy the files another package source offers chosen NAS units into a folder served here"),
     ("yank", (), "stop offering package files (they stay on disk; unyank offers them again)"),
     ("unyank", (), "offer yanked package files again"),
     ("prune", (), "list all but the N newest versions of each package per arch set (--yes: remove the published ones)"),
@@ -158,6 +159,10 @@ def add_command_flags(name: str, sub: argparse.ArgumentParser) -> None:
         from spklite import doctor
 
         doctor.add_arguments(sub)
+    elif name == "mirror":
+        from spklite import mirror
+
+        mirror.add_arguments(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,6 +359,10 @@ def run(namespace: argparse.Namespace) -> int:
         from spklite.doctor import doctor_command
 
         return doctor_command(namespace, lambda: config.load(given_flags(namespace), os.environ, create_file=False))
+    if command == "mirror":
+        from spklite.mirror import mirror_command
+
+        return mirror_command(namespace, lambda: config.load(given_flags(namespace), os.environ, create_file=False))
     # printing the config must not write files; serving and scanning write the first-run config file (below)
     cfg = config.load(given_flags(namespace), os.environ, create_file=command != "config")
     setup_logging(cfg["log-level"])
@@ -421,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "doctor" not in argv:  # doctor checks https sources: its http.client needs TLS
+    if not {"doctor", "mirror"} & set(argv):  # they talk to https sources: their http.client needs TLS
         without_openssl()
     setup_logging("warning")  # until the config says otherwise: config file warnings must show
     try:

@@ -65,9 +65,10 @@ DEPENDENCY = re.compile(r"\s*([^<>=!\s]+)\s*(?:(>=|<=|==|>|<|=)\s*(\S+))?\s*")
 class Failure(Exception):
     """A request that did not get a usable answer; str() says why in a few words."""
 
-    def __init__(self, text: str, reachable: bool = True):
+    def __init__(self, text: str, reachable: bool = True, status: int = 0):
         super().__init__(text)
         self.reachable = reachable  # False: no HTTP answer at all (refused, timeout, TLS, bad address)
+        self.status = status  # the HTTP status of an error answer, else 0
 
 
 # Output #####################################################################################################
@@ -158,7 +159,7 @@ class Client:
             return self.opener.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
-            raise Failure(f"HTTP {exc.code} {exc.reason}") from None
+            raise Failure(f"HTTP {exc.code} {exc.reason}", status=exc.code) from None
         except urllib.error.URLError as exc:
             raise Failure(reason_text(exc.reason), reachable=False) from None
         except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -231,20 +232,25 @@ def check_tls(client: Client, url: str, report: Report) -> bool:
     return True
 
 
-def catalog_request(url: str, profile: Profile) -> tuple[str, bytes | None, dict[str, str]]:
+def catalog_request(
+    url: str, profile: Profile, channel: str = "stable", unique: str | None = None
+) -> tuple[str, bytes | None, dict[str, str]]:
     """The URL, body and headers of a catalog request as this NAS sends it (SPEC 1.1): DSM 6/7 use GET, DSM 5.0
-    POSTs a form; `unique` keeps its raw `+` as DSM sends it."""
+    POSTs a form; `unique` (default: from the profile's model; "": none) keeps its raw `+` as DSM sends it."""
     major, minor, micro = (profile.dsm.split(".") + ["0"])[:3]
+    unique = f"synology_{profile.platform}_{profile.model.lower()}" if unique is None else unique
     params = {
         "language": "enu",
         "timezone": "Amsterdam",
-        "unique": f"synology_{profile.platform}_{profile.model.lower()}",
+        "unique": unique,
         "arch": profile.platform,
         "major": major,
         "minor": minor,
         "build": str(profile.build),
-        "package_update_channel": "stable",
+        "package_update_channel": channel,
     }
+    if not unique:
+        del params["unique"]
     if profile.build >= 15047:  # micro and nano came with DSM 6.1
         params.update(micro=micro, nano="0")
     query = urllib.parse.urlencode(params, safe="+")
@@ -252,7 +258,7 @@ def catalog_request(url: str, profile: Profile) -> tuple[str, bytes | None, dict
         agent = "Mozilla/4.0 (compatible; MSIE 6.1; Windows XP)"  # DSM before 5.1 poses as a browser
         headers = {"User-Agent": agent, "Content-Type": "application/x-www-form-urlencoded"}
         return url, query.encode("ascii"), headers
-    agent = f"synology_{profile.platform}_{profile.model.lower()} DSM{major}.{minor}-{profile.build} (package)"
+    agent = f"{unique or 'synology_' + profile.platform} DSM{major}.{minor}-{profile.build} (package)"
     return url + ("&" if urllib.parse.urlsplit(url).query else "?") + query, None, {"User-Agent": agent}
 
 
@@ -564,18 +570,18 @@ def own_url(cfg: dict[str, Any]) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{cfg['port']}/"
 
 
-def source_url(text: str) -> str:
+def source_url(text: str, command: str = "doctor") -> str:
     """A URL as typed into Package Center: `nas:8080` means http://nas:8080/."""
     url = text.strip() if "://" in text else "http://" + text.strip()
     parts = urllib.parse.urlsplit(url)
     try:
         parts.port  # noqa: B018  # raises ValueError on a bad port
     except ValueError:
-        raise config.ConfigError(f"doctor: '{text}' has an invalid port") from None
+        raise config.ConfigError(f"{command}: '{text}' has an invalid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise config.ConfigError(f"doctor: '{text}' is not an http:// or https:// URL")
+        raise config.ConfigError(f"{command}: '{text}' is not an http:// or https:// URL")
     if parts.scheme == "https" and ssl is None:
-        raise config.ConfigError("doctor: this Python has no ssl module (OpenSSL): it cannot check https sources")
+        raise config.ConfigError(f"{command}: this Python has no ssl module (OpenSSL): it cannot use https sources")
     return urllib.parse.urlunsplit(parts._replace(path=parts.path or "/"))
 
 

@@ -379,7 +379,7 @@ def test_a_python_without_ssl_checks_http_sources_and_refuses_https(crafted: Cal
             capture_output=True, text=True, timeout=DOCTOR_TIMEOUT, cwd=str(TESTS.parent),
         )
         assert done.returncode == status, done.stdout + done.stderr
-    assert done.stderr == "spklite: doctor: this Python has no ssl module (OpenSSL): it cannot check https sources\n"
+    assert done.stderr == "spklite: doctor: this Python has no ssl module (OpenSSL): it cannot use https sources\n"
 
 
 def test_a_trusted_https_source_passes(crafted: Callable[..., CraftedSource], certificate: Tuple[Path, Path]) -> None:

@@ -1,4 +1,5 @@
-"""systemd/spklite.service: a valid unit, hardened to an exposure of at most 2.0 (SPEC 5)."""
+"""systemd/: spklite.service and the mirror's service and timer, valid units hardened to an exposure of at most
+2.0 (SPEC 5)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "spklite.service"
+MIRROR = UNIT.parent / "spklite-mirror.service"
+TIMER = UNIT.parent / "spklite-mirror.timer"
 MAX_EXPOSURE = 2.0
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(not ANALYZE, reason="systemd-analyze not installed (Debian package: systemd)")
@@ -43,20 +46,40 @@ def test_unit_runs_the_pyz_as_a_dynamic_user_on_a_read_only_system() -> None:
     assert environment["SPKLITE_FILESYSTEM_PACKAGES"] == "/srv/spklite/packages"
 
 
+def test_mirror_unit_runs_the_mirror_command_and_writes_only_the_mirror_folder() -> None:
+    from spklite.cli import build_parser
+
+    unit = settings(MIRROR)
+    assert unit["Type"] == ["oneshot"]
+    assert unit["ExecStart"][0].endswith("spklite.pyz mirror $MIRROR_SOURCE $MIRROR_UNITS")
+    environment = dict(e.strip('"').split("=", 1) for e in unit["Environment"])
+    assert environment["SPKLITE_FILESYSTEM_PACKAGES"] == "/srv/spklite/packages"  # the folder spklite.service serves
+    assert unit["ProtectSystem"] == ["strict"] and unit["ReadWritePaths"] == ["/srv/spklite/packages/mirror"]
+    assert unit["UMask"] == ["0022"]  # spklite.service, another user, reads what it writes
+    # systemd gives each word of $MIRROR_UNITS as an argument: the default is a valid command line
+    words = environment["MIRROR_UNITS"].split()
+    namespace = build_parser().parse_args(["mirror", environment["MIRROR_SOURCE"], *words])
+    assert (namespace.command, namespace.model, namespace.dsm) == ("mirror", ["DS920+"], ["7.2"])
+    timer = settings(TIMER)
+    assert timer["Persistent"] == ["true"] and timer["OnCalendar"] and timer["WantedBy"] == ["timers.target"]
+
+
 @needs_analyze
-def test_systemd_analyze_verify_accepts_the_unit() -> None:
-    done = analyze("verify", str(UNIT))
+@pytest.mark.parametrize("units", [[UNIT], [MIRROR, TIMER]], ids=["spklite", "mirror"])
+def test_systemd_analyze_verify_accepts_the_unit(units: list) -> None:
+    done = analyze("verify", *map(str, units))
     if "is not executable" in done.stderr or "No such file" in done.stderr:
         pytest.skip(f"the unit's interpreter is missing on this machine: {done.stderr.strip()}")
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
 
 
 @needs_analyze
-def test_security_exposure_is_at_most_two() -> None:
-    done = analyze("security", "--offline=true", str(UNIT))
+@pytest.mark.parametrize("unit", [UNIT, MIRROR], ids=["spklite", "mirror"])
+def test_security_exposure_is_at_most_two(unit: Path) -> None:
+    done = analyze("security", "--offline=true", str(unit))
     if done.returncode != 0 and "--offline" in done.stderr:
         pytest.skip(f"this systemd-analyze cannot rate unit files offline: {done.stderr.strip()}")
-    found = re.search(r"Overall exposure level for spklite\.service:\s*([0-9.]+)", done.stdout)
+    found = re.search(rf"Overall exposure level for {re.escape(unit.name)}:\s*([0-9.]+)", done.stdout)
     assert found, done.stdout + done.stderr
     exposure = float(found.group(1))
     print(f"systemd-analyze security: exposure {exposure}")
