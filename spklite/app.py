@@ -250,7 +250,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
             if record is None:
                 return None
             return files.send(os.path.join(server.index.root, record.path), record.signature,
-                              record.path.rsplit("/", 1)[-1])
+                              record.path.rsplit("/", 1)[-1], record.md5)
 
         record = server.index.current.records.get(index_key(bottle.request.environ, download))
         # None: changed since the index read it, in a way no event has told yet (a symlink's target replaced

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -283,3 +284,20 @@ def test_replicas_on_one_folder_answer_byte_for_byte(tmp_path, run_server):
     b = replica(run_server, tmp_path, folder, "b")  # warm from an up-to-date snapshot
     settle([a, b, c], folder)
     compare([b, c, a])
+
+
+def test_copies_of_one_folder_answer_alike(tmp_path, run_server):
+    """rsync'ed copies (`rsync -a`: same bytes and mtimes, other inodes and ctimes) give the same catalog, API,
+    icons and download headers (the page names each copy's own folder)."""
+    first = tmp_path / "first"
+    populate(first)
+    second = tmp_path / "second"
+    shutil.copytree(first, second, copy_function=shutil.copy2)
+    a, b = replica(run_server, tmp_path, first, "a"), replica(run_server, tmp_path, second, "b")
+    settle([a], first)
+    settle([b], second)
+    for method, path, body, headers in requests_for(a):
+        if headers.get("Accept") == "text/html":
+            continue
+        answers = [ask(s, method, path, body, headers) for s in (a, b)]
+        assert answers[0] == answers[1], f"{method} {path}:\n{answers[0][:2]}\n{answers[1][:2]}"
