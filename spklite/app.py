@@ -362,7 +362,9 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
 
     @api("/v1/rejected")
     def rejected() -> Any:
-        folders = [{"file": printable(rel or ".") + "/", "reason": why} for rel, why in server.index.unreadable.items()]
+        # By name: the order they were met in is each process's own (a watch meets a folder after the scan).
+        folders = [{"file": printable(rel or ".") + "/", "reason": why}
+                   for rel, why in sorted(server.index.unreadable.items())]
         return json_response(folders + [{"file": printable(r.path), "reason": r.reason}
                                          for r in server.index.current.rejected.values()])
 

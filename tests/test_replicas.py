@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
-from conftest import Running
+import pytest
+from conftest import AS_ROOT, WITHOUT_ROOT_POWERS, Running, lock, unlock, wait_for
 from spkbuilder import build_spk, make_png
 
 from spklite.index import printable
@@ -301,3 +303,28 @@ def test_copies_of_one_folder_answer_alike(tmp_path, run_server):
             continue
         answers = [ask(s, method, path, body, headers) for s in (a, b)]
         assert answers[0] == answers[1], f"{method} {path}:\n{answers[0][:2]}\n{answers[1][:2]}"
+
+
+def test_unreadable_folders_are_listed_alike_whatever_each_process_saw_first(tmp_path, run_server):
+    """/v1/rejected lists unreadable folders by name: a process that met one later (a watch event) lists it
+    where a process started after it does."""
+    if AS_ROOT and not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is needed to run a server without root's powers")
+    folder = tmp_path / "shared"
+    put(folder, "ok.spk", {"package": "ok"})
+    late, early = tmp_path / "staging" / "a-late", folder / "b-early"
+    (late / "locked").mkdir(parents=True)
+    early.mkdir()
+    launcher = [*WITHOUT_ROOT_POWERS, sys.executable, "-m", "spklite"]
+    try:
+        lock(early)
+        lock(late / "locked")
+        first = run_server("--packages", str(folder), home=tmp_path / "first", launcher=launcher)
+        os.rename(late, folder / "a-late")  # its unreadable folder is met by the watch, after b-early
+        assert wait_for(lambda: len(first.json("/v1/rejected")) == 2)
+        second = run_server("--packages", str(folder), home=tmp_path / "second", launcher=launcher)
+        assert first.get("/v1/rejected")[2] == second.get("/v1/rejected")[2]
+        assert [r["file"] for r in second.json("/v1/rejected")] == ["a-late/locked/", "b-early/"]
+    finally:
+        unlock(early)
+        unlock(folder / "a-late" / "locked")
