@@ -328,3 +328,18 @@ def test_unreadable_folders_are_listed_alike_whatever_each_process_saw_first(tmp
     finally:
         unlock(early)
         unlock(folder / "a-late" / "locked")
+
+
+def test_a_new_file_has_its_md5_on_every_replica_soon_after_the_poll(tmp_path, run_server):
+    """Until a process has hashed a new file its answers lack the md5 its peers already give: that window is
+    the poll interval and the hashing, not a background thread's own rhythm."""
+    folder = tmp_path / "shared"
+    put(folder, "first.spk", {"package": "first"})
+    servers = [replica(run_server, tmp_path, folder, name) for name in ("a", "b")]
+    settle(servers, folder)
+    for n in range(3):
+        time.sleep(0.7 * n)  # another moment of each process's rhythm
+        put(folder, f"new-{n}.spk", {"package": f"new{n}"})
+        landed = time.monotonic()
+        settle(servers, folder)
+        assert time.monotonic() - landed < 2.5
