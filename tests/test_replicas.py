@@ -273,7 +273,9 @@ def test_replicas_on_one_folder_answer_byte_for_byte(tmp_path, run_server):
 
     change(folder)
     time.sleep(1.1)  # a process started later writes its icons later: no date of its own may show
-    c = replica(run_server, tmp_path, folder, "c")  # cold, after the changes
+    # cold, after the changes, and watching with inotify (as on a copy on local disk): how a process learnt of
+    # the folder does not show either
+    c = run_server("--packages", str(folder), "--watch", "inotify", "--hostname", HOSTNAME, home=tmp_path / "c")
     a = replica(run_server, tmp_path, folder, "a")  # warm, from a snapshot older than the changes
     assert json.loads(ask(a, "GET", "/health")[2])["from_snapshot"] > 0
     settle([a, b, c], folder)  # b saw the changes by polling
