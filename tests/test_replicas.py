@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -345,3 +347,51 @@ def test_a_new_file_has_its_md5_on_every_replica_soon_after_the_poll(tmp_path, r
         landed = time.monotonic()
         settle(servers, folder)
         assert time.monotonic() - landed < 2.5
+
+
+def test_an_upload_on_one_instance_survives_another_instance_starting(tmp_path, run_server):
+    """Instances on one shared folder all take uploads: one starting (which removes the temporary files its own
+    crashed uploads left) leaves alone the file another is receiving, and removes only long abandoned ones."""
+    from test_publish import ENTRY, upload
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (tmp_path / "tmp").mkdir()
+    temps = folder / "published"
+    data = build_spk(tmp_path / "big.spk", {"package": "big", "arch": "x86_64"},
+                     package_tgz=os.urandom(48 << 20)).read_bytes()
+
+    def instance(name: str) -> Running:
+        return run_server("--packages", str(folder), "--watch", "poll", "--poll-interval", POLL, "--hostname",
+                          HOSTNAME, "--publish-key", ENTRY, home=tmp_path / name, env={"TMPDIR": str(tmp_path / "tmp")})
+
+    first = instance("first")
+    for _ in range(5):  # caught while it copies the body into the publish folder (else try again)
+        for name in os.listdir(temps) if temps.is_dir() else []:
+            os.unlink(temps / name)
+        result: List[Any] = []
+        sender = threading.Thread(target=lambda done=result: done.append(upload(first.port, data)))
+        sender.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (temps.is_dir() and os.listdir(temps)) and sender.is_alive():
+            time.sleep(0.001)
+        first.proc.send_signal(signal.SIGSTOP)
+        receiving = os.listdir(temps) if temps.is_dir() else []
+        if receiving and receiving[0].startswith("."):
+            break
+        first.proc.send_signal(signal.SIGCONT)
+        sender.join(30)
+    else:
+        pytest.skip("the upload was never caught while it was being copied")
+    abandoned = temps / ".spklite-upload-0123abcd-0123456789abcdef.tmp"  # an instance's, gone two days ago
+    abandoned.write_bytes(b"half an upload")
+    os.utime(abandoned, (time.time() - 2 * 86400,) * 2)
+    try:
+        instance("second")
+        assert os.listdir(temps) == receiving
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+    sender.join(60)
+    assert result and result[0][0] == 201, result
+    assert os.listdir(temps) == ["big_x86_64_1.0-1.spk"]
+    assert (temps / "big_x86_64_1.0-1.spk").read_bytes() == data
