@@ -13,17 +13,19 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
-from conftest import AS_ROOT, WITHOUT_ROOT_POWERS, Running, lock, unlock, wait_for
+from conftest import AS_ROOT, WITHOUT_ROOT_POWERS, Running, free_port, lock, unlock, wait_for
 from spkbuilder import build_spk, make_png
 
 from spklite.index import printable
@@ -145,7 +147,7 @@ def change_again(folder: Path) -> None:
 # -- talking to the processes ---------------------------------------------------------------------------
 
 
-def ask(server: Running, method: str, path: str, body: Optional[bytes] = None,
+def ask(server: Any, method: str, path: str, body: Optional[bytes] = None,
         headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
     """(status, headers but Date, body) of one request; an error status is an answer too."""
     request = urllib.request.Request(server.url + path, data=body, method=method, headers=headers or {})
@@ -395,3 +397,73 @@ def test_an_upload_on_one_instance_survives_another_instance_starting(tmp_path, 
     assert result and result[0][0] == 201, result
     assert os.listdir(temps) == ["big_x86_64_1.0-1.spk"]
     assert (temps / "big_x86_64_1.0-1.spk").read_bytes() == data
+
+
+# -- behind nginx: the README's upstream example ---------------------------------------------------------
+
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+def readme_upstream(ports: List[int], port: int) -> str:
+    """The nginx example of the README's "Running several instances", its addresses made these loopback ones."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Running several instances", 1)[1].split("\n## ", 1)[0]
+    text = section.split("```nginx\n", 1)[1].split("```", 1)[0]
+    for example, actual in (("server 10.0.0.11:8080;", f"server 127.0.0.1:{ports[0]};"),
+                            ("server 10.0.0.12:8080;", f"server 127.0.0.1:{ports[1]};"),
+                            ("listen 80;", f"listen 127.0.0.1:{port};")):
+        assert text.count(example) == 1, f"README's nginx example: expected {example!r} once"
+        text = text.replace(example, actual)
+    return text
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_behind_the_readme_nginx_a_file_one_instance_does_not_know_yet_downloads(tmp_path, run_server):
+    folder = tmp_path / "shared"
+    put(folder, "first.spk", {"package": "first"})
+    quick = replica(run_server, tmp_path, folder, "quick")
+    slow = run_server("--packages", str(folder), "--watch", "poll", "--poll-interval", "600", "--hostname",
+                      HOSTNAME, home=tmp_path / "slow")  # sees the folder as it was at its start
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    port = free_port()
+    temps = "".join(f"{kind}_temp_path {prefix}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
+                                                                          "scgi"))
+    user = "user root root;\n" if os.geteuid() == 0 else ""  # else its workers (nobody) cannot use tmp_path
+    (prefix / "nginx.conf").write_text(
+        f"{user}worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log;\n"
+        f"events {{ worker_connections 64; }}\nhttp {{\naccess_log off;\n{temps}"
+        f"{readme_upstream([quick.port, slow.port], port)}}}\n")
+    nginx = subprocess.Popen([str(NGINX), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e",
+                              str(prefix / "logs/error.log"), "-g", "daemon off;"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        front = SimpleNamespace(url=f"http://127.0.0.1:{port}")  # what `ask` needs of a server
+        assert wait_for(lambda: _answers(front, "/about"), timeout=15), (prefix / "logs/error.log").read_text()
+        settle([quick, slow], folder)
+        for path, accept in (("/?" + urlencode(DSM7_GET[0]), "*/*"), ("/v1/packages", "*/*"), ("/", "text/html")):
+            # each instance answers every other request
+            answers = [ask(front, "GET", path, headers={"Host": HOSTNAME, "Accept": accept}) for _ in range(4)]
+            assert answers[0][0] == 200 and all(answer == answers[0] for answer in answers), path
+        late = put(folder, "late.spk", {"package": "late"})
+        assert wait_for(lambda: "late.spk" in view(quick)[0])
+        assert "late.spk" not in view(slow)[0]
+        link = next(p["link"] for p in json.loads(ask(quick, "GET", "/v1/packages")[2]) if p["file"] == "late.spk")
+        assert link == f"http://{HOSTNAME}/download/late.spk"
+        got = [ask(front, "GET", urlsplit(link).path, headers={"Host": HOSTNAME}) for _ in range(6)]
+        assert [status for status, _, _ in got] == [200] * 6  # round robin: every other one asked `slow` first
+        assert all(body == late.read_bytes() for _, _, body in got)
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        try:
+            nginx.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+            nginx.wait()
+
+
+def _answers(server: Any, path: str) -> bool:
+    try:
+        return ask(server, "GET", path)[0] == 200
+    except OSError:
+        return False
