@@ -75,7 +75,8 @@ def put(folder: Path, rel: str, info: Optional[Dict[str, Any]], *, mtime_ns: Opt
     if info is None:
         built.write_bytes(b"not a tar archive at all\n" * 40)
     else:
-        build_spk(built, info, extra_members={"PACKAGE_ICON.PNG": make_png(72, color)}, **options)
+        members = {} if options.get("base64_icon") else {"PACKAGE_ICON.PNG": make_png(72, color)}
+        build_spk(built, info, extra_members={**members, **options.pop("extra_members", {})}, **options)
     if mtime_ns is not None:
         os.utime(built, ns=(mtime_ns, mtime_ns))
     os.replace(built, target)
@@ -109,6 +110,10 @@ def populate(folder: Path) -> None:
     put(folder, "odd/caf\u00e9 \u00fc.spk", {"package": "cafe", "description_fre": "Caf\u00e9 cr\u00e8me"})
     put(folder, "broken.spk", None)
     (folder / "empty.spk").write_bytes(b"")
+    # Findings (shown on the page) and an icon given in INFO itself.
+    put(folder, "latin.spk", {}, extra_members={"INFO": b'package="latin"\nversion="1.0-1"\narch="noarch"\n'
+                                                 b'os_min_ver="7.0-40000"\ndisplayname="Caf\xe9"\nnonsense line\n'})
+    put(folder, "inline-icon.spk", {"package": "inline", "version": "1.0-1"}, base64_icon=True, icon_256=True)
 
 
 def change(folder: Path) -> None:
