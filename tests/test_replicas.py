@@ -75,7 +75,8 @@ def put(folder: Path, rel: str, info: Optional[Dict[str, Any]], *, mtime_ns: Opt
     if info is None:
         built.write_bytes(b"not a tar archive at all\n" * 40)
     else:
-        members = {} if options.get("base64_icon") else {"PACKAGE_ICON.PNG": make_png(72, color)}
+        plain_icon = options.get("icon", True) and not options.get("base64_icon")
+        members = {"PACKAGE_ICON.PNG": make_png(72, color)} if plain_icon else {}
         build_spk(built, info, extra_members={**members, **options.pop("extra_members", {})}, **options)
     if mtime_ns is not None:
         os.utime(built, ns=(mtime_ns, mtime_ns))
@@ -93,7 +94,7 @@ def populate(folder: Path) -> None:
         icon_256=True, color=(10, 200, 30))
     put(folder, "apps/alpha-arm.spk", {"package": "alpha", "version": "1.0-1", "arch": "armv8 rtd1296 armada38x",
                                        "os_min_ver": "6.1-15047"}, color=(200, 10, 30))
-    put(folder, "alpha-any.spk", {"package": "alpha", "version": "0.9-1", "arch": "noarch"})
+    put(folder, "alpha-any.spk", {"package": "alpha", "version": "0.9-1", "arch": "noarch"}, icon=False)
     put(folder, "beta/gamma-2.0.spk", {"package": "gamma", "version": "2.0-1", "beta": "yes",
                                        "report_url": "https://example.org/bugs"}, screenshots=2)
     put(folder, "gamma-1.0.spk", {"package": "gamma", "version": "1.0-1"})
@@ -278,6 +279,8 @@ def test_replicas_on_one_folder_answer_byte_for_byte(tmp_path, run_server):
     a, b = replica(run_server, tmp_path, folder, "a"), replica(run_server, tmp_path, folder, "b")
     settle([a, b], folder)
     assert compare([a, b]) > 100
+    asked = {path for _, path, _, _ in requests_for(a)}
+    assert {"/static/spklite-default-icon.png", "/download/odd/na%EFve-%FF.spk"} <= asked
     assert a.stop() == 0  # its snapshot is now of the folder before the changes
 
     change(folder)
