@@ -3,7 +3,9 @@
 Real processes on one shared folder (`--watch poll`, as on an NFS mount), one `--hostname`, each with its own
 home (cache folder): files are added, replaced, renamed and removed, and once every process has seen the
 change (the poll interval, then the md5 of new files) every answer that matters is compared byte for byte,
-with its headers. Some processes start cold, some from a snapshot made before the changes.
+with its headers. Some processes start cold, some from a snapshot made before the changes, one watches with
+inotify. Then: copies of one folder (rsync), unreadable folders met in another order, how soon a new file's md5
+shows, an upload under way while another instance starts, and the README's nginx upstream example.
 """
 
 from __future__ import annotations
