@@ -273,7 +273,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
             if record is None:
                 return None
             return files.send(os.path.join(server.index.root, record.path), record.signature,
-                              record.path.rsplit("/", 1)[-1])
+                              record.path.rsplit("/", 1)[-1], record.md5)
 
         record = server.index.current.records.get(index_key(bottle.request.environ, download))
         if record is not None and server.channels.folder_of(record.path) != channel_of(bottle.request.environ).folder:
@@ -294,15 +294,18 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         # The name is the content's hash: a strong, quoted validator (bottle's own ETag is not quoted, so a
         # client's If-None-Match never matched it).
         etag, env = '"%s"' % name.partition(".")[0], bottle.request.environ
-        if "HTTP_IF_NONE_MATCH" in env:
-            if files.not_modified(env, etag, 0):
-                return bottle.HTTPResponse(status=304, ETag=etag, **{"Cache-Control": IMMUTABLE})
-            env.pop("HTTP_IF_MODIFIED_SINCE", None)  # If-None-Match decides (RFC 9110 13.1.3)
+        if "HTTP_IF_NONE_MATCH" in env and files.not_modified(env, etag, 0):
+            return bottle.HTTPResponse(status=304, ETag=etag, **{"Cache-Control": IMMUTABLE})
+        # No dates: the blob file's mtime is when this instance's cache got it, so replicas (each with its own
+        # cache) would disagree on Last-Modified and on If-Modified-Since. The ETag is the content.
+        env.pop("HTTP_IF_MODIFIED_SINCE", None)
         response = bottle.static_file(name, root=server.index.blob_dir)
         if response.status_code == 404 and server.index.cache_error:
             return default_icon(max_age=0)  # icons could not be stored: better a default than none
         response.set_header("Cache-Control", IMMUTABLE)
         response.set_header("ETag", etag)
+        if "Last-Modified" in response.headers:
+            del response.headers["Last-Modified"]
         return response
 
     def default_icon(max_age: int) -> bytes:
@@ -393,7 +396,9 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
     @api("/v1/rejected")
     def rejected() -> Any:
         channel = channel_of(bottle.request.environ)  # the channel's folders and files only
-        folders = [{"file": printable(rel or ".") + "/", "reason": why} for rel, why in server.index.unreadable.items()
+        # By name: the order they were met in is each process's own (a watch meets a folder after the scan).
+        folders = [{"file": printable(rel or ".") + "/", "reason": why}
+                   for rel, why in sorted(server.index.unreadable.items())
                    if server.channels.folder_of(rel + "/") == channel.folder]
         _, catalog = server.catalog(channel)
         return json_response(folders + [{"file": printable(r.path), "reason": r.reason} for r in catalog.rejected])

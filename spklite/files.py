@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "_")
 
 
-def send(path: str, signature: tuple, name: str) -> Any:
-    """The response for the file at `path`, or None when it is no longer the indexed version."""
+def send(path: str, signature: tuple, name: str, md5: Optional[str] = None) -> Any:
+    """The response for the file at `path`, or None when it is no longer the indexed version (`signature`,
+    whose content has the md5 `md5` when known)."""
     try:
         fh = open_regular(path)  # a FIFO swapped in is refused, not waited on
     except OSError:
@@ -40,8 +41,7 @@ def send(path: str, signature: tuple, name: str) -> Any:
         fh.close()  # replaced or changed since it was indexed: the index catches up in a moment
         return None
     env = bottle.request.environ
-    # ctime too: a same-size copy with its mtime kept (`cp -p`) changes nothing else.
-    etag = '"%x-%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+    etag = version_tag(st, md5)
     mtime = st.st_mtime_ns // 1_000_000_000
     headers = {
         "Content-Type": "application/octet-stream",
@@ -69,6 +69,15 @@ def send(path: str, signature: tuple, name: str) -> Any:
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{st.st_size}"
     headers["Content-Length"] = str(end - start)
     return bottle.HTTPResponse(Unchanged(fh, end, st, path), status=206, **headers)
+
+
+def version_tag(st: os.stat_result, md5: Optional[str]) -> str:
+    """The file's ETag: its md5 once known, so that replicas (rsync'ed copies: other inodes and ctimes) agree;
+    until then its stat signature, ctime included: a same-size copy with its mtime kept (`cp -p`) changes
+    nothing else."""
+    if md5:
+        return f'"{md5}"'
+    return '"%x-%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 def disposition(name: str) -> str:

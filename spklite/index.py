@@ -511,14 +511,17 @@ def log_changes(previous: State, records: Mapping[str, Record], rejected: Mappin
             log.info("removed %s", printable(rel))
 
 
-def remove_temps(folder: str, prefix: str) -> None:
-    """Delete the files in `folder` whose name starts with `prefix`: temp files a crash left (never renamed)."""
+def remove_temps(folder: str, prefix: str, older_than: float = 0) -> None:
+    """Delete the files in `folder` whose name starts with `prefix` (and last changed more than `older_than`
+    seconds ago): temp files a crash left (never renamed)."""
     try:
         names = [n for n in os.listdir(folder) if n.startswith(prefix)]
     except OSError:
         return
     for name in names:
         try:
+            if older_than and time.time() - os.lstat(os.path.join(folder, name)).st_mtime < older_than:
+                continue
             os.unlink(os.path.join(folder, name))
         except OSError:
             pass

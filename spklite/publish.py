@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import threading
 
 import bottle
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 ROUTE = "/packages"
 TEMP_PREFIX = ".spklite-upload-"  # hidden and not .spk: the index never offers a file being received
+ABANDONED = 86400  # seconds: another instance's temporary file this old is no upload under way
 CHUNK = 1 << 20
 CHALLENGE = 'Basic realm="spklite publish", charset="UTF-8"'
 
@@ -103,7 +105,11 @@ class Publisher:
         self.folder = publish_folder(cfg)
         self.rel = os.path.relpath(self.folder, server.index.root)
         self.lock = threading.Lock()  # the conflict check and the landing, one upload at a time
-        remove_temps(self.folder, TEMP_PREFIX)  # uploads a crash cut short (kill -9, power loss)
+        # Instances may share the folder: each removes the uploads a crash cut short (kill -9, power loss) of its
+        # own, and another's only long after (it may be receiving one now).
+        self.temp_prefix = f"{TEMP_PREFIX}{instance_tag(cfg['filesystem.cache'])}-"
+        remove_temps(self.folder, self.temp_prefix)
+        remove_temps(self.folder, TEMP_PREFIX, older_than=ABANDONED)
 
     def authorized(self, environ: Mapping[str, Any]) -> Optional[str]:
         """The key's name when the request carries a configured key as its Basic-auth user name."""
@@ -125,7 +131,7 @@ class Publisher:
             return answer(507, "the packages folder is not available")
         try:
             os.makedirs(self.folder, exist_ok=True)
-            fd, temp = _temp_file(self.folder)
+            fd, temp = _temp_file(self.folder, self.temp_prefix)
         except OSError as exc:
             return answer(507, f"cannot write to the publish folder: {exc.strerror or exc}")
         try:
@@ -212,8 +218,13 @@ class Publisher:
         return answer(200, "deleted", file=printable(rel))
 
 
-def _temp_file(folder: str) -> Tuple[int, str]:
-    name = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(8)}.tmp")
+def instance_tag(cache: str) -> str:
+    """This instance, and its restarts, among those sharing a publish folder: its machine and cache folder."""
+    return hashlib.sha256(f"{socket.gethostname()}\0{os.path.realpath(cache)}".encode()).hexdigest()[:8]
+
+
+def _temp_file(folder: str, prefix: str) -> Tuple[int, str]:
+    name = os.path.join(folder, f"{prefix}{secrets.token_hex(8)}.tmp")
     return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), name
 
 
