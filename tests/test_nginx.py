@@ -241,6 +241,8 @@ def test_catalog_and_downloads_through_nginx(tmp_path: Path, behind_nginx: Calla
     status, headers, _ = front.request("/download/big.spk", read=False,
                                        headers={"Range": "bytes=-1000", "If-Range": '"another-version"'})
     assert (status, headers["Content-Length"]) == (200, str(len(data)))  # another version: the whole file
+    status, _, body = front.request("/download/big.spk", headers={"If-None-Match": etag})
+    assert (status, body) == (304, b"")
     status, headers, body = front.request("/download/big.spk", method="HEAD")
     assert (status, headers["Content-Length"], body) == (200, str(len(data)), b"")
     for package, name in (("small", "sub dir/small 100%.spk"), ("odd", "odd?#+;.spk"), ("latin", "caf\udce9.spk")):
