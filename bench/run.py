@@ -11,6 +11,7 @@ Everything runs in a temporary folder that is removed at the end. Figures are me
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -343,6 +344,28 @@ class Bench:
                       for name, n, own, cum, share in data["profile"]]
             self.profiles.append("\n".join(lines) + "\n")
 
+    def gzip_catalog(self, s1000: Process) -> None:
+        """Issue 14: catalog answers gzip-compressed (Accept-Encoding: gzip) against uncompressed, N=1000, in
+        alternating runs: throughput, and bytes per answer."""
+        header = {"Accept-Encoding": "gzip"}
+        (status, plain), (gz_status, packed) = fetch(s1000.port, DSM7), fetch(s1000.port, DSM7, headers=header)
+        if status != 200 or gz_status != 200 or gzip.decompress(packed) != plain:
+            raise RuntimeError(f"gzip catalog: {status}/{gz_status}, {len(plain)}/{len(packed)} bytes")
+        requests = {"plain": {"paths": [DSM7], "conns": 16}, "gzip": {"paths": [DSM7], "conns": 16,
+                                                                      "header": "Accept-Encoding: gzip"}}
+        self.say("gzip catalog throughput")
+        runs: Dict[str, List[Dict[str, float]]] = {kind: [] for kind in requests}
+        for request in requests.values():  # warm up: both forms memoised
+            load(s1000.port, seconds=1, **request)
+        for _ in range(self.args.runs):
+            for kind, request in requests.items():
+                runs[kind].append(self.measured(s1000, self.args.seconds, request))
+        ours, ref = median_of(runs["gzip"]), median_of(runs["plain"])
+        self.add("gzip catalog DSM 7 GET, N=1000, 16 clients: req/s", f"{ours['rps']:.0f}/s",
+                 f"uncompressed {ref['rps']:.0f}/s", ours["rps"] / ref["rps"])
+        self.add("gzip catalog DSM 7 GET, N=1000: bytes per answer", f"{len(packed):,} B",
+                 f"uncompressed {len(plain):,} B", len(packed) / len(plain))
+
     def profile_load(self, title: str, proc: Process, request: Dict[str, Any]) -> None:
         if not spy.py_spy():
             self.notes.append(f"{title}: no py-spy to profile with")
@@ -646,6 +669,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         floors = bench.throughput(s100, s1000)
         rss_load = s1000.rss_mb()
         bench.app_cost(work / "home-1000", folders["1000"])
+        bench.gzip_catalog(s1000)
         queue_warnings = s1000.log.read_bytes().count(b"Task queue depth")
         if queue_warnings:
             bench.notes.append(f"the N=1000 server logged {queue_warnings} waitress 'Task queue depth' warnings "

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import bottle
 
 from spklite import __license__, __version__, files
-from spklite.catalog import Catalog, Links, Query, encode
+from spklite.catalog import Catalog, Links, Query, encode, url_path
 from spklite.channels import ENVIRON_KEY, MAIN, Channel, Channels
 from spklite.config import load_yaml
 from spklite.index import Index, State, printable
@@ -126,14 +126,16 @@ class Server:
         host = self.cfg["hostname"] or request_host(environ)
         prefix = channel_of(environ).prefix
         return Links(f"{scheme}://{host}{prefix}", self.cfg["router.download"], self.cfg["router.static"],
-                     DEFAULT_ICON)
+                     DEFAULT_ICON, self.cfg["router.download-url"], self.cfg["router.static-url"])
 
-    def nas_answer(self, environ: Mapping[str, Any], params: Mapping[str, str]) -> bytes:
-        """The catalog answer for a NAS's parameters (memoised by the catalog on exactly what decides it)."""
+    def nas_answer(self, environ: Mapping[str, Any], params: Mapping[str, str]) -> Tuple[bytes, bool]:
+        """The catalog answer for a NAS's parameters (memoised by the catalog on exactly what decides it), and
+        whether it is gzip-compressed (when the client accepts gzip)."""
         channel = channel_of(environ)
         _, catalog = self.catalog(channel)
         debug = debug_info(environ, params) if self.cfg["debug-package"] else None
-        return catalog.answer(query_of(channel, params.get), self.links(environ), debug)
+        gzip = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
+        return catalog.answer(query_of(channel, params.get), self.links(environ), debug, gzip), gzip
 
 
 def channel_of(environ: Mapping[str, Any]) -> Channel:
@@ -210,6 +212,32 @@ def _parsed(text: str) -> Dict[str, str]:
     return {k: v[:256] for k, v in parse_qsl(text, keep_blank_values=True, errors="replace", max_num_fields=None)}
 
 
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header accepts gzip (RFC 9110 12.5.3): gzip or x-gzip with a q-value above 0,
+    else * above 0; `gzip;q=0` refuses it."""
+    return bool(header) and (_accepts_gzip_often(header) if len(header) <= MAX_REMEMBERED_QUERY
+                             else _accepts_gzip(header))
+
+
+@functools.lru_cache(maxsize=64)  # a client sends the same header every time; only short ones are kept
+def _accepts_gzip_often(header: str) -> bool:
+    return _accepts_gzip(header)
+
+
+def _accepts_gzip(header: str) -> bool:
+    weights: Dict[str, float] = {}
+    for item in header.lower().split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":  # a q-value that is not one (q=x, q=2) counts as a refusal: never a guess
+                weight = float(value) if re.fullmatch(r"\s*(0(\.\d{0,3})?|1(\.0{0,3})?)\s*", value) else 0.0
+        weights[coding] = max(weights.get(coding, 0.0), weight)
+    named = [weights[c] for c in ("gzip", "x-gzip") if c in weights]
+    return max(named) > 0 if named else weights.get("*", 0.0) > 0
+
+
 def is_nas_request(get: Callable[[str], Optional[str]]) -> bool:
     return any(get(p) is not None for p in NAS_PARAMS) or (get("unique") or "").startswith("synology")
 
@@ -241,7 +269,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
              watch_mode: Callable[[], str] = lambda: "off") -> "CatalogFront":
     server = Server(cfg, index, keyrings, watch_mode)
     app = bottle.Bottle(catchall=True)
-    download, static = cfg["router.download"], cfg["router.static"]
+    download, static, accel = cfg["router.download"], cfg["router.static"], cfg["router.accel-redirect"]
 
     # -- the catalog (CatalogFront answers most of these before bottle) -------------------
 
@@ -249,7 +277,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
     def root() -> Any:
         params = request_params(bottle.request.environ)
         if is_nas_request(params.get):
-            return nas_response(server.nas_answer(bottle.request.environ, params))
+            return nas_response(*server.nas_answer(bottle.request.environ, params))
         if "text/html" in bottle.request.headers.get("Accept", ""):
             from spklite import page  # imported on first use: only people need it
 
@@ -262,7 +290,7 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
     @app.get("/getList/v0/<major>/<minor>/<micro>/<build>/<nano>/<arch>/<channel>/<unique>/<language>")
     def get_list(**parts: str) -> Any:
         parts["package_update_channel"] = parts.pop("channel")
-        return nas_response(server.nas_answer(bottle.request.environ, parts))
+        return nas_response(*server.nas_answer(bottle.request.environ, parts))
 
     # -- files ------------------------------------------------------------------
 
@@ -272,8 +300,10 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         def send(record: Any) -> Any:
             if record is None:
                 return None
-            return files.send(os.path.join(server.index.root, record.path), record.signature,
-                              record.path.rsplit("/", 1)[-1], record.md5)
+            path, name = os.path.join(server.index.root, record.path), record.path.rsplit("/", 1)[-1]
+            if accel:  # nginx sends the bytes: the file checked here, then named in its internal location
+                return files.handed_to_nginx(path, record.signature, name, f"{accel}/{url_path(record.path)}")
+            return files.send(path, record.signature, name, record.md5)
 
         record = server.index.current.records.get(index_key(bottle.request.environ, download))
         if record is not None and server.channels.folder_of(record.path) != channel_of(bottle.request.environ).folder:
@@ -469,9 +499,8 @@ class CatalogFront:
         if environ.get("PATH_INFO") == "/" and environ.get("REQUEST_METHOD") in ("GET", "POST"):
             params = request_params(environ)
             if is_nas_request(params.get):
-                body = self.server.nas_answer(environ, params)
-                start_response("200 OK", [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
-                                          ("Access-Control-Allow-Origin", "*")])
+                body, gzip = self.server.nas_answer(environ, params)
+                start_response("200 OK", [*catalog_headers(body, gzip), ("Access-Control-Allow-Origin", "*")])
                 return [body]
         return self.app(environ, start_response)
 
@@ -499,8 +528,16 @@ class CatalogFront:
         return None
 
 
-def nas_response(body: bytes) -> bottle.HTTPResponse:
-    return bottle.HTTPResponse(body, **{"Content-Type": JSON_TYPE})
+def nas_response(body: bytes, gzip: bool) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(body, headers=catalog_headers(body, gzip))
+
+
+def catalog_headers(body: bytes, gzip: bool) -> List[Tuple[str, str]]:
+    """A catalog answer's headers; Vary always: a cache in front must keep the two forms apart."""
+    headers = [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))), ("Vary", "Accept-Encoding")]
+    if gzip:
+        headers.append(("Content-Encoding", "gzip"))
+    return headers
 
 
 def json_error_page(err: bottle.HTTPError, status: int) -> bytes:

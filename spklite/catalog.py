@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import zlib
 from bisect import bisect_right
 from collections import OrderedDict, namedtuple
 from functools import lru_cache
@@ -26,6 +27,7 @@ DEFAULT_FIELDS = ("maintainer", "maintainer_url", "distributor", "distributor_ur
 OPTIONAL_BOOLS = ("silent_install", "silent_upgrade", "silent_uninstall")
 MEMO_ENTRIES = 256
 MEMO_BYTES = 8 << 20  # a 1,000-package answer is ~60 KB: memory stays bounded on a small device
+GZIP_LEVEL = 6  # zlib's default
 
 
 def is_beta(info: Mapping[str, str]) -> bool:
@@ -136,21 +138,32 @@ def _int(value: Optional[str]) -> Optional[int]:
     return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else None
 
 
-class Links(namedtuple("Links", "base download static default_icon")):
-    """How URLs are formed for one answer: base URL and route prefixes."""
+class Links(namedtuple("Links", "base download static default_icon download_url static_url",
+                         defaults=("", ""))):
+    """How URLs are formed for one answer: base URL and route prefixes, or the operator's URLs elsewhere."""
 
     __slots__ = ()
     base: str  # "http://host:port"
     download: str  # "/download"
     static: str  # "/static"
     default_icon: str  # blob name of the bundled default icon
+    download_url: str  # "https://cdn.example.com/spk" (router.download-url), or "": this server
+    static_url: str  # the same for blobs (router.static-url)
 
     def file(self, path: str) -> str:
-        # The name's bytes, percent-encoded: a name that is not UTF-8 (or holds CR/LF) still has a URL.
-        return f"{self.base}{self.download}/{quote(os.fsencode(path), safe='/')}"
+        return f"{self.download_url or self.base + self.download}/{url_path(path)}"
 
     def blob(self, name: str) -> str:
+        # The bundled default icon is no blob of the cache folder, which static_url's copy is made from.
+        if self.static_url and name != self.default_icon:
+            return f"{self.static_url}/{quote(name)}"
         return f"{self.base}{self.static}/{quote(name)}"
+
+
+def url_path(path: str) -> str:
+    """An index key as a URL path: the name's bytes, percent-encoded (a name that is not UTF-8, or holds CR/LF,
+    still has a URL)."""
+    return quote(os.fsencode(path), safe="/")
 
 
 class Catalog:
@@ -186,10 +199,12 @@ class Catalog:
 
     # -- the NAS answer --------------------------------------------------------
 
-    def answer(self, query: Query, links: Links, debug: Optional[Dict[str, str]] = None) -> bytes:
-        """The JSON body for a catalog request, memoised per (query, links)."""
+    def answer(self, query: Query, links: Links, debug: Optional[Dict[str, str]] = None, gzip: bool = False) -> bytes:
+        """The JSON body for a catalog request, memoised per (query, links); with `gzip`, compressed, and
+        memoised so (compression is paid once per index state and question)."""
         if debug is not None:
-            return self._render(query, links, debug)
+            plain = self._render(query, links, debug)
+            return gzipped(plain) if gzip else plain
         # The key holds only what changes the answer, so that distinct but equivalent questions (any build
         # between two steps, a language no package has texts in, `unique` when no package names models)
         # share one entry.
@@ -200,10 +215,11 @@ class Catalog:
             query.beta_channel,
             query.unique if self.uses_models else "",
             links,
+            gzip,
         )
         body = self._memo.get(key)
         if body is None:
-            body = self._render(query, links, None)
+            body = gzipped(self.answer(query, links)) if gzip else self._render(query, links, None)
             with self._memo_lock:  # only on a miss: answers being computed
                 self._memo[key] = body
                 self._memo_bytes += len(body)
@@ -387,6 +403,13 @@ def debug_entry(debug: Dict[str, str], links: Links, summary: List[str]) -> Dict
         "start": False,
         "maintainer": "spklite",
     }
+
+
+def gzipped(body: bytes) -> bytes:
+    """`body` as gzip data, the same bytes from every replica (same zlib): zlib writes the gzip header itself,
+    without a time or a name (gzip.compress wrote other header bytes before Python 3.11)."""
+    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip wrapper, the largest window
+    return packer.compress(body) + packer.flush()
 
 
 def encode(value: Any) -> bytes:

@@ -165,6 +165,7 @@ def check(cfg: Mapping[str, Any]) -> None:
     names = ["router.beta", "router.download", "router.static"]
     if cfg["router.beta"] == BY_KEY["router.beta"].default:
         names.append(names.pop(0))
+    names.append("router.accel-redirect")  # nginx's internal location: a channel must not hide it either
     found = clash(list(cfg["channels"]), {name: cfg[name] for name in names})
     if found:
         raise ConfigError(f"{found[0]}: {found[1]}")

@@ -213,6 +213,33 @@ def _show_channels(value: Any) -> Any:
 
 CHANNELS = Kind(_parse_channels, CHANNELS_ALLOWED, "MAPPING", _show_channels)
 
+
+def _parse_base_url(raw: Any) -> str:
+    """An absolute http(s) URL that file names are appended to (a CDN, a bucket): printable ASCII, a host, no
+    query or fragment; kept without its trailing slash."""
+    value = _text(raw).rstrip("/")
+    if value:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if not re.fullmatch(r"(?i)https?://[!-~]+", value) or not parts.hostname or "?" in value or "#" in value:
+            raise ValueError(raw)
+        parts.port  # noqa: B018 - ValueError for a port that is no number or out of range
+    return value
+
+
+BASE_URL = Kind(
+    _parse_base_url,
+    "an absolute http or https URL such as https://cdn.example.com/spk (no query), or empty for spklite's own",
+    "URL",
+)
+ACCEL_PREFIX = Kind(
+    lambda raw: _parse_prefix(raw) if _text(raw) else "",
+    "a URL path such as /_spklite_files: an nginx internal location (letters, digits, . _ ~ -), or empty for "
+    "none (spklite sends the files)",
+    "PREFIX",
+)
+
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 DAY = 86400  # the longest wait a setting may ask for: threading's waits overflow on absurd ones
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
@@ -545,6 +572,32 @@ SCHEMA: tuple[Setting, ...] = (
         "more sources: URL prefix -> sub-folder of the packages folder, offered only there (/s/<token>/: a "
         "secret one)",
         CATALOG,
+    ),
+    # Downloads from where bytes are cheap (README "Offloading downloads"): links to a CDN, or nginx sends the file.
+    Setting(
+        "router.download-url",
+        "",
+        BASE_URL,
+        "base URL of package links, e.g. a CDN or bucket synced from the packages folder; empty: this server",
+        NETWORK,
+        ("--download-url",),
+    ),
+    Setting(
+        "router.static-url",
+        "",
+        BASE_URL,
+        "base URL of icons and screenshots, synced from <cache>/blobs; empty: this server",
+        NETWORK,
+        ("--static-url",),
+    ),
+    Setting(
+        "router.accel-redirect",
+        "",
+        ACCEL_PREFIX,
+        "nginx internal location of the packages folder: downloads are checked here and sent by nginx "
+        "(X-Accel-Redirect); empty: this server sends them",
+        NETWORK,
+        ("--accel-redirect",),
     ),
     Setting(
         "watch",
@@ -970,12 +1023,22 @@ def _check_packages_folder(folder: str, source: str) -> None:
 def _check_together(cfg: Mapping[str, Any]) -> None:
     """Rules that involve two settings."""
     download, static = cfg["router.download"], cfg["router.static"]
-    if download == static or download.startswith(static + "/") or static.startswith(download + "/"):
+    if _overlap(download, static):
         # blame the one the user changed
         key, value, other = ("router.static", static, "router.download")
         if static == BY_KEY["router.static"].default:
             key, value, other = ("router.download", download, "router.static")
         raise ConfigError(f"{key}: '{value}' is not allowed: a prefix apart from {other} ('{cfg[other]}')")
+    accel = cfg["router.accel-redirect"]
+    for other in ("router.download", "router.static"):  # nginx would pass the redirect back here: a loop
+        if accel and _overlap(accel, cfg[other]):
+            raise ConfigError(f"router.accel-redirect: '{accel}' is not allowed: a prefix apart from {other} "
+                              f"('{cfg[other]}')")
+
+
+def _overlap(prefix: str, other: str) -> bool:
+    """Whether two URL prefixes share paths: one is the other or lies under it."""
+    return prefix == other or prefix.startswith(other + "/") or other.startswith(prefix + "/")
 
 
 def _check_waitress(cfg: Mapping[str, Any]) -> None:

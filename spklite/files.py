@@ -1,4 +1,4 @@
-"""Sending one indexed package file: conditional GET, a single range, HEAD (SPEC 1.6).
+"""Sending one indexed package file: conditional GET, a single range, HEAD (SPEC 1.6); or having nginx send it.
 
 Why not bottle.static_file: it stats the path, then opens the path; a file
 replaced in between gets the old size in its headers and the new bytes in
@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import os
+import stat
 import urllib.parse
 
 import bottle
@@ -78,6 +79,23 @@ def version_tag(st: os.stat_result, md5: Optional[str]) -> str:
     if md5:
         return f'"{md5}"'
     return '"%x-%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+def handed_to_nginx(path: str, signature: tuple, name: str, location: str) -> Any:
+    """The answer that has nginx send the file at `path` from its internal `location` (X-Accel-Redirect), or
+    None when it is no longer the indexed version.
+
+    nginx answers Range, If-Range, conditional requests and HEAD from the file itself, with its own ETag and
+    Last-Modified; of this answer it keeps Content-Type and Content-Disposition, and drops the (empty) body.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or signature_of(st) != signature:
+        return None
+    return bottle.HTTPResponse("", **{"Content-Type": "application/octet-stream",
+                                      "Content-Disposition": disposition(name), "X-Accel-Redirect": location})
 
 
 def disposition(name: str) -> str:
