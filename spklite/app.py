@@ -16,10 +16,12 @@ from urllib.parse import parse_qsl
 
 import bottle
 
-from spklite import __license__, __version__, files
+from spklite import __license__, __version__, counts, files
 from spklite.catalog import Catalog, Links, Query, encode
 from spklite.config import load_yaml
 from spklite.index import Index, State, printable
+from spklite.metrics import CONTENT_TYPE as METRICS_TYPE
+from spklite.metrics import Metrics
 from spklite.yank import Yanked
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
@@ -90,6 +92,8 @@ class Server:
         self.watch_mode = watch_mode
         self.default_icon = asset("default-icon.png")
         self.yanked = Yanked(index.cache_dir)
+        self.counts = counts.Counts(index.cache_dir)
+        self.metrics: Optional[Metrics] = None  # make_app sets it when server.metrics is on
         self._catalog: Tuple[Any, Catalog] = (None, Catalog([], self.catalog_settings))
         self._catalog_lock = threading.Lock()
 
@@ -99,17 +103,20 @@ class Server:
         return load_models(self.cfg.get("filesystem.models", ""))
 
     def catalog(self) -> Tuple[State, Catalog]:
-        """The catalog of the current index state, built once per state."""
+        """The catalog of the current index state, built once per state (and per write of the download counts:
+        at most once per server.counts-interval, never per download)."""
         state = self.index.current
         stamp, yanked = self.yanked.current()  # one stat: a yank shows on the next request
         version, catalog = self._catalog
-        if version != (state.version, stamp):
+        if version != (state.version, stamp, self.counts.version):
             with self._catalog_lock:
                 version, catalog = self._catalog
-                if version != (state.version, stamp):
+                now = (state.version, stamp, self.counts.version)
+                if version != now:
                     catalog = Catalog(state.records.values(), self.catalog_settings, previous=catalog,
-                                      rejected=state.rejected.values(), yanked=yanked)
-                    self._catalog = ((state.version, stamp), catalog)
+                                      rejected=state.rejected.values(), yanked=yanked,
+                                      downloads=self.counts.shown_for(state.records))
+                    self._catalog = (now, catalog)
         return state, catalog
 
     def links(self, environ: Mapping[str, Any]) -> Links:
@@ -121,7 +128,10 @@ class Server:
         """The catalog answer for a NAS's parameters (memoised by the catalog on exactly what decides it)."""
         _, catalog = self.catalog()
         debug = debug_info(environ, params) if self.cfg["debug-package"] else None
-        return catalog.answer(Query.from_params(params.get), self.links(environ), debug)
+        query = Query.from_params(params.get)
+        if self.metrics is not None:
+            self.metrics.asked(query, memoised=debug is None)
+        return catalog.answer(query, self.links(environ), debug)
 
 
 def request_host(env: Mapping[str, str]) -> str:
@@ -249,8 +259,12 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         def send(record: Any) -> Any:
             if record is None:
                 return None
-            return files.send(os.path.join(server.index.root, record.path), record.signature,
-                              record.path.rsplit("/", 1)[-1])
+            response = files.send(os.path.join(server.index.root, record.path), record.signature,
+                                  record.path.rsplit("/", 1)[-1])
+            if response is not None and counts.is_download(bottle.request.method, response.status_code,
+                                                            response.headers.get("Content-Range", "")):
+                server.counts.add(record)
+            return response
 
         record = server.index.current.records.get(index_key(bottle.request.environ, download))
         # None: changed since the index read it, in a way no event has told yet (a symlink's target replaced
@@ -352,6 +366,16 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
             return error(404, f"no package {name!r}")
         return json_response(found)
 
+    @api("/v1/stats")
+    def stats() -> Any:
+        return json_response(server.counts.stats(server.index.current.records, asking=server.metrics is not None))
+
+    if cfg["server.metrics"]:
+        @app.get("/metrics")
+        def metrics_text() -> Any:
+            assert server.metrics is not None
+            return bottle.HTTPResponse(server.metrics.text(server), **{"Content-Type": METRICS_TYPE})
+
     @api("/v1/models")
     def models() -> Any:
         needle = (bottle.request.query.getunicode("name") or "").lower()
@@ -402,6 +426,8 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         from spklite import publish
 
         publish.add_routes(app, cfg, server)
+    if cfg["server.metrics"]:
+        server.metrics = Metrics((route.rule for route in app.routes), server.counts.asking)
     return CatalogFront(app, server)
 
 
@@ -424,7 +450,11 @@ class CatalogFront:
                 body = self.server.nas_answer(environ, params)
                 start_response("200 OK", [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
                                           ("Access-Control-Allow-Origin", "*")])
+                if self.server.metrics is not None:
+                    self.server.metrics.catalog_sent(len(body))
                 return [body]
+        if self.server.metrics is not None:
+            return self.server.metrics.counted(self.app, environ, start_response)
         return self.app(environ, start_response)
 
 
