@@ -231,29 +231,34 @@ class Counts:
     # -- writing --------------------------------------------------------------------------------------
 
     def start(self, interval: float) -> bool:
-        """Persist from now on (the server, not tools and tests): take the cache folder's counts lock and write
-        every `interval` seconds. False when another process holds the lock: this one counts in memory."""
+        """From now on (the server, not tools and tests) publish the totals to catalogs every `interval` seconds,
+        and persist them when this process gets the cache folder's counts lock. False when it does not (another
+        process holds it, or the folder is not writable): this one counts in memory."""
+        self.interval = interval
+        self._lock_fd = self._take_lock()
+        if self._lock_fd is not None:
+            self._drop_logs()  # those a crash left after counts.json took them in
+        self._thread = threading.Thread(target=self._run, name="spklite-counts", daemon=True)
+        self._thread.start()
+        return self._lock_fd is not None
+
+    def _take_lock(self) -> Optional[int]:
         import fcntl  # here: only a server takes the lock
 
-        self.interval = interval
         try:
             os.makedirs(self.cache_dir, exist_ok=True)
             fd = os.open(os.path.join(self.cache_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             self._failed(exc)
-            return False
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             log.warning("another spklite counts downloads in %s: this one counts in memory only (give each "
                         "instance its own cache folder)", printable(self.cache_dir))
-            return False
-        self._lock_fd = fd
-        self._drop_logs()  # those a crash left after counts.json took them in
-        self._thread = threading.Thread(target=self._run, name="spklite-counts", daemon=True)
-        self._thread.start()
-        return True
+            return None
+        return fd
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -268,8 +273,10 @@ class Counts:
 
     def write(self) -> bool:
         """Publish the totals to catalogs and write counts.json when something changed; then drop the logs it
-        holds. Only the process that holds the lock writes."""
+        holds. Only the process that holds the lock writes (the others only publish)."""
         if self._lock_fd is None:
+            with self._lock:
+                self._publish()
             return False
         with self._writing:
             return self._write()

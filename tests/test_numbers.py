@@ -244,3 +244,18 @@ def test_metrics_off_counts_nothing_on_the_request_path(two, packages, run_serve
 def test_metrics_is_no_download_prefix(tmp_path):
     with pytest.raises(config.ConfigError, match="router.download"):
         config.load({"home": str(tmp_path), "router.download": "/metrics"}, environ={}, create_file=False)
+
+
+def test_a_second_process_on_the_same_cache_folder_counts_in_memory_only(two, packages, run_server, tmp_path):
+    first = served(packages, run_server, "--server-counts-interval", "1")
+    second = served(packages, run_server, "--server-counts-interval", "1")  # the same home, so the same cache
+    assert "another spklite counts downloads" in second.output()
+    first.get("/download/a.spk")
+    second.get("/download/b.spk")
+    second.get("/download/b.spk")
+    assert file_downloads(second, "bravo") == {"b.spk": 2}  # its own, in memory
+    assert wait_for(lambda: entries(second)["bravo"]["download_count"] == 2, timeout=5)  # and in its answers
+    second.stop(signal.SIGKILL)
+    assert first.stop() == 0
+    again = served(packages, run_server)
+    assert file_downloads(again, "alpha") == {"a.spk": 1} and file_downloads(again, "bravo") == {}
