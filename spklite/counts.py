@@ -158,10 +158,11 @@ class Counts:
             if data.get("schema") != SCHEMA:
                 raise ValueError(f"schema {data.get('schema')!r}, expected {SCHEMA}")
             files = {str(k): [str(m), int(n), str(p)] for k, (m, n, p) in data["files"].items()}
-            self.asking.load(data["asking"])
-            self.files, self._merged = files, int(data["merged"])
-            self.written = float(data["written"])
-            self._asking_written = self.asking.to_json()
+            asking = Asking()
+            asking.load(data["asking"])
+            merged, written = int(data["merged"]), float(data["written"])
+            self.files, self.asking, self._merged, self.written = files, asking, merged, written
+            self._asking_written = asking.to_json()
         except FileNotFoundError:
             pass
         except Exception as exc:  # damaged (a disk fault): start again from the logs

@@ -259,3 +259,16 @@ def test_a_second_process_on_the_same_cache_folder_counts_in_memory_only(two, pa
     assert first.stop() == 0
     again = served(packages, run_server)
     assert file_downloads(again, "alpha") == {"a.spk": 1} and file_downloads(again, "bravo") == {}
+
+
+def test_a_damaged_counts_file_and_a_cut_log_line_are_survived(two, packages, run_server, tmp_path):
+    cache = tmp_path / "home" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "counts.json").write_text('{"schema": 1, "files": {"a.spk": ["", "many"')  # cut short
+    (cache / "downloads-3.log").write_text('["a.spk", "", "alpha"]\n["b.spk", "", "bravo"]\n["a.spk", "", "al')
+    server = served(packages, run_server)
+    assert "ignoring" in server.output() and "counts.json" in server.output()
+    assert file_downloads(server, "alpha") == {"a.spk": 1} and file_downloads(server, "bravo") == {"b.spk": 1}
+    assert server.stop() == 0
+    assert json.loads((cache / "counts.json").read_text())["files"]["a.spk"][1] == 1
+    assert not list(cache.glob("downloads-*.log"))
