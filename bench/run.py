@@ -4,6 +4,7 @@ Issue 3 (the live index): start-up to the first correct catalog answer (cold, wa
 visibility of a new package, catalog latency with five 100 MB SPKs in the folder.
 Issue 4 (performance): catalog throughput against the floor of the stack, round-robin NAS profiles,
 downloads against a bare waitress app, range downloads, memory, clients that disconnect.
+Issue 14: catalog throughput with counting (/metrics, /v1/stats) on against off.
 
 Everything runs in a temporary folder that is removed at the end. Figures are medians of repeated runs.
 """
@@ -320,6 +321,46 @@ class Bench:
             self.profile_load("catalog DSM 7 GET, N=1000, 16 clients", s1000,
                               {"paths": [DSM7], "conns": 16})
         return floors
+
+    # -- issue 14: the cost of counting -------------------------------------------------------------------
+
+    def counting_cost(self, folder: Path) -> None:
+        """Catalog throughput with counting on (server.metrics, the default: /metrics, /v1/stats) against a
+        server with it off, N=1000: counting may cost at most 3 %. Short runs in many rounds, the two servers
+        back to back in alternating order; the figure is the median of the rounds' ratios (a ratio of runs a
+        few seconds apart: other work on the machine weighs on both)."""
+        on = self.spklite("counting-on", folder, self.work / "home-counting-on").start()
+        off = self.spklite("counting-off", folder, self.work / "home-counting-off", "--no-server-metrics").start()
+        for proc in (on, off):
+            proc.wait_answer(DSM7)
+            proc.settle()
+        rounds, seconds = 2 * self.args.runs + 3, 2
+        self.say(f"catalog throughput with counting on and off: {rounds} rounds")
+        for label, paths in (("DSM 7 GET", [DSM7]), ("16 NAS profiles round-robin", PROFILES)):
+            request = {"paths": paths, "conns": 16}
+            for proc in (on, off):  # warm up: memo, caches, connections
+                load(proc.port, seconds=1, **request)
+            runs: Dict[Process, List[Dict[str, float]]] = {on: [], off: []}
+            for r in range(rounds):
+                for proc in (on, off) if r % 2 == 0 else (off, on):
+                    runs[proc].append(self.measured(proc, seconds, request))
+            ratios = [a["rps"] / b["rps"] for a, b in zip(runs[on], runs[off])]
+            ratio = statistics.median(ratios)
+            ours, ref = median_of(runs[on]), median_of(runs[off])
+            judged = label == "DSM 7 GET"
+            self.add(f"N1 catalog {label}, N=1000, 16 clients, counting on: req/s (ratio: median of {rounds} "
+                     "rounds)", f"{ours['rps']:.0f}/s", f"counting off {ref['rps']:.0f}/s", ratio,
+                     "≥ 0.97 × off" if judged else "—", check(ratio, 0.97, True) if judged else None,
+                     key="counting" if judged else "")
+            self.add(f"N1 catalog {label}, counting on: server CPU per request", f"{ours['cpu_ms'] * 1000:.0f} µs",
+                     f"counting off {ref['cpu_ms'] * 1000:.0f} µs", ours["cpu_ms"] / ref["cpu_ms"])
+            self.notes.append(f"N1 {label}: per-round ratios on/off " + ", ".join(f"{x:.2f}" for x in ratios))
+        status, body = fetch(on.port, "/metrics")
+        counted = re.search(rb'^spklite_requests_total\{route="/",status="200"\} (\d+)$', body, re.M)
+        self.notes.append(f"counting on: /metrics answered {status}, {int(counted.group(1)) if counted else 0} "
+                          "catalog answers counted")
+        on.stop()
+        off.stop()
 
     def app_cost(self, home: Path, folder: Path) -> None:
         """The Python cost of one catalog request in-process (no network, no threads) vs the floor route."""
@@ -675,6 +716,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bench.notes.append(f"the N=1000 server logged {queue_warnings} waitress 'Task queue depth' warnings "
                                "during the throughput runs (16 clients, 4 threads)")
         s100.stop()
+        bench.counting_cost(folders["1000"])
         floor_rss = floors[min(floors)].rss_mb()
         bench.add("5 RSS after the throughput runs, N=1000", f"{rss_load:.1f} MiB",
                   f"the floor (Bottle + waitress) {floor_rss:.1f} MiB", rss_load / floor_rss, "≤ 35 MB",

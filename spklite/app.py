@@ -16,11 +16,13 @@ from urllib.parse import parse_qsl
 
 import bottle
 
-from spklite import __license__, __version__, files
+from spklite import __license__, __version__, counts, files
 from spklite.catalog import Catalog, Links, Query, encode, url_path
 from spklite.channels import ENVIRON_KEY, MAIN, Channel, Channels
 from spklite.config import load_yaml
 from spklite.index import Index, State, printable
+from spklite.metrics import CONTENT_TYPE as METRICS_TYPE
+from spklite.metrics import Metrics
 from spklite.yank import Yanked
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
@@ -94,6 +96,8 @@ class Server:
         self.channels = Channels(cfg)
         # Per channel folder (None: the main catalog), the index state it was built for and the catalog.
         self._catalogs: Dict[Optional[str], Tuple[Any, Catalog]] = {}
+        self.counts = counts.Counts(index.cache_dir)
+        self.metrics: Optional[Metrics] = None  # make_app sets it when server.metrics is on
         self._catalog_lock = threading.Lock()
 
     @functools.cached_property
@@ -102,22 +106,24 @@ class Server:
         return load_models(self.cfg.get("filesystem.models", ""))
 
     def catalog(self, channel: Channel = MAIN) -> Tuple[State, Catalog]:
-        """The catalog of the current index state for the channel's files, built once per state."""
+        """The catalog of the current index state for the channel's files, built once per state (and per write
+        of the download counts: at most once per server.counts-interval, never per download)."""
         state = self.index.current
         stamp, yanked = self.yanked.current()  # one stat: a yank shows on the next request
+        now = (state.version, stamp, self.counts.version)
         version, catalog = self._catalogs.get(channel.folder, (None, None))
-        if version != (state.version, stamp) or catalog is None:
+        if version != now or catalog is None:
             with self._catalog_lock:
                 version, catalog = self._catalogs.get(channel.folder, (None, None))
-                if version != (state.version, stamp) or catalog is None:
+                if version != now or catalog is None:
                     records: Iterable[Any] = state.records.values()
                     rejected: Iterable[Any] = state.rejected.values()
                     if self.channels.folders:  # only the channel's files
                         records = [r for r in records if self.channels.folder_of(r.path) == channel.folder]
                         rejected = [r for r in rejected if self.channels.folder_of(r.path) == channel.folder]
                     catalog = Catalog(records, self.catalog_settings, previous=catalog, rejected=rejected,
-                                      yanked=yanked)
-                    self._catalogs[channel.folder] = ((state.version, stamp), catalog)
+                                      yanked=yanked, downloads=self.counts.shown_for(state.records))
+                    self._catalogs[channel.folder] = (now, catalog)
         return state, catalog
 
     def links(self, environ: Mapping[str, Any]) -> Links:
@@ -135,7 +141,10 @@ class Server:
         _, catalog = self.catalog(channel)
         debug = debug_info(environ, params) if self.cfg["debug-package"] else None
         gzip = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
-        return catalog.answer(query_of(channel, params.get), self.links(environ), debug, gzip), gzip
+        query = query_of(channel, params.get)
+        if self.metrics is not None:
+            self.metrics.asked(query, memoised=debug is None)
+        return catalog.answer(query, self.links(environ), debug, gzip), gzip
 
 
 def channel_of(environ: Mapping[str, Any]) -> Channel:
@@ -302,8 +311,16 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
                 return None
             path, name = os.path.join(server.index.root, record.path), record.path.rsplit("/", 1)[-1]
             if accel:  # nginx sends the bytes: the file checked here, then named in its internal location
-                return files.handed_to_nginx(path, record.signature, name, f"{accel}/{url_path(record.path)}")
-            return files.send(path, record.signature, name, record.md5)
+                response = files.handed_to_nginx(path, record.signature, name, f"{accel}/{url_path(record.path)}")
+                # nginx answers the Range itself: a download when it starts at byte 0, as spklite counts its own
+                counted = bottle.request.get_header("Range", "bytes=0-").startswith("bytes=0-")
+            else:
+                response = files.send(path, record.signature, name, record.md5)
+                counted = response is not None and counts.is_download(
+                    bottle.request.method, response.status_code, response.headers.get("Content-Range", ""))
+            if response is not None and counted and bottle.request.method == "GET":
+                server.counts.add(record)
+            return response
 
         record = server.index.current.records.get(index_key(bottle.request.environ, download))
         if record is not None and server.channels.folder_of(record.path) != channel_of(bottle.request.environ).folder:
@@ -418,6 +435,16 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
             return error(404, f"no package {name!r}")
         return json_response(in_channels(found))
 
+    @api("/v1/stats")
+    def stats() -> Any:
+        return json_response(server.counts.stats(server.index.current.records, asking=server.metrics is not None))
+
+    if cfg["server.metrics"]:
+        @app.get("/metrics")
+        def metrics_text() -> Any:
+            assert server.metrics is not None
+            return bottle.HTTPResponse(server.metrics.text(server), **{"Content-Type": METRICS_TYPE})
+
     @api("/v1/models")
     def models() -> Any:
         needle = (bottle.request.query.getunicode("name") or "").lower()
@@ -473,6 +500,8 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
         from spklite import publish
 
         publish.add_routes(app, cfg, server)
+    if cfg["server.metrics"]:
+        server.metrics = Metrics((route.rule for route in app.routes), server.counts.asking)
     return CatalogFront(app, server)
 
 
@@ -501,7 +530,11 @@ class CatalogFront:
             if is_nas_request(params.get):
                 body, gzip = self.server.nas_answer(environ, params)
                 start_response("200 OK", [*catalog_headers(body, gzip), ("Access-Control-Allow-Origin", "*")])
+                if self.server.metrics is not None:
+                    self.server.metrics.catalog_sent(len(body))
                 return [body]
+        if self.server.metrics is not None:
+            return self.server.metrics.counted(self.app, environ, start_response)
         return self.app(environ, start_response)
 
     def enter_channel(self, environ: Dict[str, Any]) -> Optional[Tuple[str, List[Tuple[str, str]], bytes]]:

@@ -169,8 +169,11 @@ def url_path(path: str) -> str:
 class Catalog:
     """The answers for one index state, memoised (bounded by count and bytes)."""
 
+    memo_misses = 0  # answers computed, all catalogs of the process (/metrics): counted where they are made
+
     def __init__(self, records: Iterable[Any], settings: Mapping[str, Any], previous: Optional["Catalog"] = None,
-                 rejected: Iterable[Any] = (), yanked: Iterable[str] = ()):
+                 rejected: Iterable[Any] = (), yanked: Iterable[str] = (),
+                 downloads: Optional[Mapping[str, int]] = None):
         # Records the previous state had too keep their offer: only changed files cost work.
         known: Dict[int, Offer] = {id(o.record): o for o in previous.offers} if previous else {}
         offers: List[Offer] = []
@@ -180,6 +183,7 @@ class Catalog:
         self.offers: List[Offer] = sorted(offers, key=lambda o: (o.package, o.record.path))
         self.rejected: List[Any] = sorted(rejected, key=lambda r: r.path)  # index.Rejected: for explain
         self.yanked = frozenset(yanked)  # index keys (spklite.yank): on disk, never offered
+        self.downloads: Mapping[str, int] = downloads or {}  # index key -> download count (spklite.counts)
         self.settings = settings
         self.keyrings: List[str] = list(settings.get("keyrings", ()))
         self.defaults: Dict[str, str] = {
@@ -221,6 +225,7 @@ class Catalog:
         if body is None:
             body = gzipped(self.answer(query, links)) if gzip else self._render(query, links, None)
             with self._memo_lock:  # only on a miss: answers being computed
+                Catalog.memo_misses += 1
                 self._memo[key] = body
                 self._memo_bytes += len(body)
                 while self._memo and (len(self._memo) > MEMO_ENTRIES or self._memo_bytes > MEMO_BYTES):
@@ -285,7 +290,8 @@ class Catalog:
         entry["deppkgs"] = info.get("install_dep_packages")
         entry["conflictpkgs"] = info.get("install_conflict_packages")
         entry["depsers"] = info.get("install_dep_services")
-        entry["download_count"] = entry["recent_download_count"] = entry["price"] = 0
+        entry["download_count"] = self.downloads.get(record.path, 0)
+        entry["recent_download_count"] = entry["price"] = 0
         entry["start"] = qstart
         if "startable" in info or "ctl_stop" in info:
             entry["startable"] = "yes" if startable else "no"

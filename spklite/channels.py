@@ -17,7 +17,15 @@ import os
 import re
 from collections import namedtuple
 
-from spklite.config import CHANNELS_ALLOWED, ConfigError, Refused, _storable, load_yaml, parse_bool
+from spklite.config import (
+    CHANNELS_ALLOWED,
+    RESERVED_PREFIXES,
+    ConfigError,
+    Refused,
+    _storable,
+    load_yaml,
+    parse_bool,
+)
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -28,7 +36,7 @@ SECRET = "s"  # /s/<token>
 MIN_TOKEN = 22  # characters: 128 bits of secrets.token_urlsafe
 TOKEN = re.compile(r"[A-Za-z0-9_-]{%d,256}" % MIN_TOKEN)
 SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
-ROUTES = ("v1", "about", "health", "getlist", "packages")  # first path segments the app routes itself
+ROUTES = RESERVED_PREFIXES + ("packages",)  # first path segments the app routes itself
 SECRET_IN_PATH = re.compile(r"^/s/[^/?]*")
 
 

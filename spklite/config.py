@@ -34,7 +34,7 @@ GOSSPKS_CONFIG_NAME = "gosspks.yml"  # what gosspks really wrote into its home (
 MAX_FILE_BYTES = 1 << 20  # config files and keyrings hold a few KiB: more is a wrong path (/dev/zero, say)
 # gosspks sections that have no meaning any more: the index is live (no TTL) and CORS headers are always sent.
 IGNORED_GOSSPKS_SECTIONS = ("cache", "cors")
-RESERVED_PREFIXES = ("v1", "about", "health", "getlist")  # first path segments the app routes itself
+RESERVED_PREFIXES = ("v1", "about", "health", "getlist", "metrics")  # first path segments the app routes itself
 PROXY_HEADERS = (
     "x-forwarded-for",
     "x-forwarded-host",
@@ -186,7 +186,7 @@ def _parse_prefix(raw: Any) -> str:
 PREFIX = Kind(
     _parse_prefix,
     "a URL path such as /download or download (letters, digits, . _ ~ -), not / and not /v1, /about, "
-    "/health or /getList",
+    "/health, /getList or /metrics",
     "PREFIX",
 )
 
@@ -670,6 +670,21 @@ SCHEMA: tuple[Setting, ...] = (
         "largest request header",
         TUNING,
         ("--max-request-header-size",),
+    ),
+    Setting(
+        "server.metrics",
+        True,
+        BOOLEAN,
+        "count requests (route, status, NAS platform, DSM build) for GET /metrics and /v1/stats; false: nothing "
+        "is counted on the request path and /metrics is not served (download counts stay)",
+        TUNING,
+    ),
+    Setting(
+        "server.counts-interval",
+        60,
+        duration(1, DAY),
+        "how often download counts are written to the cache folder and shown in catalog answers",
+        TUNING,
     ),
     Setting("defaults.maintainer", "", text(), "maintainer shown when a package's INFO has none", CATALOG),
     Setting("defaults.maintainer-url", "", text(), "maintainer URL shown when INFO has none", CATALOG),

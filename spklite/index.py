@@ -159,6 +159,7 @@ class Index:
         self.unreadable: Dict[str, str] = {}
         self._reported: Set[str] = set()
         self.log_changes = False  # each file added, replaced, removed or rejected: once serving (not start-up)
+        self.changed = time.time()  # when a file was last added, replaced, removed or rejected (/metrics)
         self._lock = threading.RLock()
         self._dirty = False
 
@@ -368,6 +369,7 @@ class Index:
         if self.log_changes:
             log_changes(previous, records, rejected)
         self.current = State(previous.version + 1, dict(sorted(records.items())), dict(sorted(rejected.items())))
+        self.changed = time.time()
         self._dirty = True
         return self.current
 

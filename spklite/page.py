@@ -175,6 +175,7 @@ def item(obj: Mapping[str, Any], offer: Any) -> Dict[str, Any]:
         "icon2x": retina[0] if retina else "",
         "link": obj["link"],
         "size": human_size(obj["size"]),
+        "downloads": obj["download_count"],
         "dsm": dsm_range(info),
         "arch": info.get("arch", ""),
         "beta": offer.beta,

@@ -258,6 +258,8 @@ def _serve(cfg: Mapping[str, Any]) -> int:
         return 1
     upkeep = Upkeep(index)
     upkeep.start()
+    counts = app.server.counts
+    counts.start(cfg["server.counts-interval"])
     # SIGTERM/SIGINT: running downloads finish (up to a deadline), then the snapshot; SIGHUP: a re-scan.
     supervisor = listener.Supervisor(server, cfg["server.connection-limit"], on_hangup=Rescan(index))
     # cli.main turned the collector off for the start-up. One pass for its garbage, then its objects,
@@ -273,6 +275,7 @@ def _serve(cfg: Mapping[str, Any]) -> int:
         upkeep.stop.set()
         upkeep.join(timeout=5)
         index.save_snapshot()
+        counts.stop()  # the last write of the download counts
         supervisor.close()  # till here a signal more cannot cut the snapshot short
         log.info("stopped")
     return 0

@@ -134,7 +134,7 @@ File watching is off: restart spklite to pick them up.</p>
 <div>
 <h3>{{it['name']}} <span class="ver">{{it['version']}}</span>{{!' <span class="badge">beta</span>' if it['beta'] else ''}}{{!' <span class="badge">yanked</span>' if it['yanked'] else ''}}</h3>
 <p class="desc">{{it['desc']}}</p>
-<p class="meta"><code>{{it['package']}}</code> · {{it['dsm']}} · {{it['arch']}}{{' · ' + it['file'] if view == 'files' else ''}} · <a class="dl" href="{{it['link']}}" download>Download {{it['size']}}</a></p>
+<p class="meta"><code>{{it['package']}}</code> · {{it['dsm']}} · {{it['arch']}}{{' · ' + it['file'] if view == 'files' else ''}} · <a class="dl" href="{{it['link']}}" download>Download {{it['size']}}</a> · <span class="downloads">{{it['downloads']}} download{{'' if it['downloads'] == 1 else 's'}}</span></p>
 % for w in (it['warnings'] if view == 'files' else ()):
 <p class="warn">⚠ {{w}}</p>
 % end
