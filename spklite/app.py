@@ -122,9 +122,13 @@ class Server:
                         records = [r for r in records if self.channels.folder_of(r.path) == channel.folder]
                         rejected = [r for r in rejected if self.channels.folder_of(r.path) == channel.folder]
                     catalog = Catalog(records, self.catalog_settings, previous=catalog, rejected=rejected,
-                                      yanked=yanked, downloads=self.counts.shown_for(state.records))
+                                      yanked=yanked, downloads=self.shown_counts(state.records))
                     self._catalogs[channel.folder] = (now, catalog)
         return state, catalog
+
+    def shown_counts(self, records: Mapping[str, Any]) -> Dict[str, int]:
+        """The download counts catalog answers show (none when download-count is off)."""
+        return self.counts.shown_for(records) if self.cfg["download-count"] else {}
 
     def links(self, environ: Mapping[str, Any]) -> Links:
         """How this request's URLs are made: under its channel's prefix (a part of every memo key)."""

@@ -546,6 +546,14 @@ SCHEMA: tuple[Setting, ...] = (
     Setting(
         "md5", True, BOOLEAN, "publish the md5 of every package (computed once per file, in the background)", CATALOG
     ),
+    Setting(
+        "download-count",
+        True,
+        BOOLEAN,
+        "show each file's download count in catalog answers (counted per instance: replicas that must answer "
+        "byte for byte turn it off)",
+        CATALOG,
+    ),
     Setting("debug-package", False, BOOLEAN, "add a pseudo-package showing what the NAS sent", CATALOG, ("-d",)),
     Setting(
         "filesystem.packages", "packages", path(), "folder of .spk files (subfolders included)", FILES, ("--packages",)

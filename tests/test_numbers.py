@@ -9,6 +9,7 @@ import http.client
 import json
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -95,6 +96,17 @@ def test_catalog_counts_refresh_at_the_interval(two, packages, run_server):
     assert wait_for(lambda: entries(server)["bravo"]["download_count"] == 1, timeout=5)
     expected["packages"][1]["download_count"] = 1  # bravo's; the rest of the answer as it was
     assert json.loads(server.get(DSM7)[2]) == expected
+
+
+def test_download_count_off_keeps_catalog_answers_free_of_per_instance_numbers(two, packages, run_server):
+    # Replicas behind one balancer must answer byte for byte; each counts its own downloads.
+    server = served(packages, run_server, "--server-counts-interval", "1", "--no-download-count")
+    before = server.get(DSM7)[2]
+    server.get("/download/b.spk")
+    assert wait_for(lambda: file_downloads(server, "bravo") == {"b.spk": 1}, timeout=5)
+    time.sleep(1.5)  # past a write of the counts
+    assert server.get(DSM7)[2] == before
+    assert entries(server)["bravo"]["download_count"] == 0
 
 
 def test_counts_survive_kill_9_and_are_counted_once(two, packages, run_server, tmp_path):

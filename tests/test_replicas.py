@@ -272,7 +272,7 @@ def difference(one: Tuple[int, Dict[str, str], bytes], other: Tuple[int, Dict[st
 
 def replica(run_server, tmp_path: Path, folder: Path, name: str) -> Running:
     return run_server("--packages", str(folder), "--watch", "poll", "--poll-interval", POLL,
-                      "--hostname", HOSTNAME, home=tmp_path / name)
+                      "--hostname", HOSTNAME, "--no-download-count", home=tmp_path / name)
 
 
 def test_replicas_on_one_folder_answer_byte_for_byte(tmp_path, run_server):
@@ -289,7 +289,8 @@ def test_replicas_on_one_folder_answer_byte_for_byte(tmp_path, run_server):
     time.sleep(1.1)  # a process started later writes its icons later: no date of its own may show
     # cold, after the changes, and watching with inotify (as on a copy on local disk): how a process learnt of
     # the folder does not show either
-    c = run_server("--packages", str(folder), "--watch", "inotify", "--hostname", HOSTNAME, home=tmp_path / "c")
+    c = run_server("--packages", str(folder), "--watch", "inotify", "--hostname", HOSTNAME, "--no-download-count",
+                   home=tmp_path / "c")
     a = replica(run_server, tmp_path, folder, "a")  # warm, from a snapshot older than the changes
     assert json.loads(ask(a, "GET", "/health")[2])["from_snapshot"] > 0
     settle([a, b, c], folder)  # b saw the changes by polling
