@@ -274,6 +274,106 @@ class Bench:
                      rss / rss_empty, "≤ 25 MB (Go: 24.7)" if judged else "—",
                      rss <= 25 if judged else None, key="rss" if judged else "")
 
+    # -- issue 12.1: the shipped forms start like the installed package ---------------------------------
+
+    def pyz_python(self, version: str) -> Optional[str]:
+        """A pyenv Python of this minor version (e.g. "3.9"), the newest patch release."""
+        pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+        found = sorted(pyenv.glob(f"versions/{version}.*/bin/python3"),
+                       key=lambda p: [int(x) for x in re.findall(r"\d+", p.parent.parent.name)])
+        return str(found[-1]) if found else None
+
+    def pyz_startups(self, folder: Path) -> None:
+        """Warm start (snapshot there) of the pyz in the forms the packages run it, beside a `pip install`ed
+        spklite on the same Python, in rounds: Python 3.9 and 3.13, N=100 (~40 s)."""
+        pyz = self.work / "spklite.pyz"
+        subprocess.run([sys.executable, str(REPO / "tools" / "build_pyz.py"), "-o", str(pyz)], check=True,
+                       stdout=subprocess.DEVNULL)
+        forms: Dict[str, Dict[str, List[str]]] = {}
+        for version in ("3.9", "3.13"):
+            python = self.pyz_python(version)
+            if not python:
+                self.notes.append(f"pyz start-up on Python {version} not measured: no pyenv Python {version}")
+                continue
+            self.say(f"pyz start-ups: installing spklite for Python {version}")
+            venv = self.work / f"venv-{version}"
+            subprocess.run([python, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], check=True,
+                           stdout=subprocess.DEVNULL)
+            home = self.work / f"pyz-{version}"
+            conf = home / "openwrt"  # as /etc/init.d/spklite renders it: a config file, the cache given again
+            conf.mkdir(parents=True)
+            (conf / "config.yml").write_text(f'spklite:\n  host: "127.0.0.1"\n  filesystem:\n    packages: '
+                                             f'"{folder}"\n    cache: "{home / "ow-cache"}"\n')
+            wrapper = home / "spklite.sh"  # /usr/bin/spklite
+            wrapper.write_text(f'#!/bin/sh\nexec {python} -I {pyz} "$@"\n')
+            wrapper.chmod(0o755)
+            forms[version] = {
+                "installed": [str(venv / "bin" / "spklite"), "--home", str(home / "installed"),
+                              "--packages", str(folder)],
+                # DSM's start-stop-status (systemd: the same, home and cache from the environment)
+                "pyz": [python, "-I", str(pyz), "serve", "--home", str(home / "pyz"), "--packages", str(folder)],
+                "openwrt": [str(wrapper), "serve", "--home", str(conf), "--config", str(conf / "config.yml"),
+                            "--cache", str(home / "ow-cache")],
+                # -B: no bytecode written, so compiled at every start, as the pyz ran before issue 12
+                "no bytecode": [python, "-I", "-B", str(pyz), "serve", "--home", str(home / "no-bytecode"),
+                                "--packages", str(folder)],
+            }
+
+        def start(argv: List[str]) -> Tuple[float, float]:
+            """Seconds to the first catalog answer, and the CPU seconds the process used until then (less
+            swayed by other load on the machine)."""
+            port = drive.free_port()
+            proc = Process("pyz-start", [*argv, "--host", "127.0.0.1", "--port", str(port)],
+                           self.log_dir / "pyz-start.log", port, self.env).start()
+            try:
+                seconds = proc.wait_answer(DSM7)[0]
+                tasks = Path(f"/proc/{proc.pid}/task").glob("*/schedstat")  # ns on a CPU: finer than ticks
+                return seconds, sum(int(task.read_text().split()[0]) for task in tasks) / 1e9
+            finally:
+                if proc.proc:
+                    proc.proc.kill()  # its shutdown is no part of a start: the files it needs are written by now
+                proc.stop()
+
+        firsts = {version: start(argvs["pyz"])[0] for version, argvs in forms.items()}  # extracts into the cache
+        for argvs in forms.values():
+            for form, argv in argvs.items():
+                if form != "pyz":
+                    start(argv)  # the snapshot, the config file and its kept parse, the compiled modules
+        starts: Dict[Tuple[str, str], List[Tuple[float, float]]] = {}
+        rounds = 7
+        for r in range(rounds):
+            self.say(f"pyz start-ups, round {r + 1}/{rounds}")
+            for version, argvs in forms.items():
+                for form, argv in argvs.items():
+                    starts.setdefault((version, form), []).append(start(argv))
+
+        def median(version: str, form: str) -> Tuple[float, float]:
+            runs = starts[(version, form)]
+            return statistics.median(t for t, _ in runs), statistics.median(cpu for _, cpu in runs)
+
+        for version in forms:
+            installed, installed_cpu = median(version, "installed")
+            self.add(f"P1 warm start, Python {version}, N=100: `pip install`ed spklite",
+                     f"CPU {ms(installed_cpu)}, wall {ms(installed)}")
+            for form, label, target in (
+                    ("pyz", "spklite.pyz (DSM package, systemd)", True),
+                    ("openwrt", "spklite.pyz, OpenWrt service (wrapper, config file)", True),
+                    ("no bytecode", "spklite.pyz without bytecode (as before issue 12)", False)):
+                got, cpu = median(version, form)
+                ratio = cpu / installed_cpu
+                self.add(f"P1 warm start, Python {version}, N=100: {label}",
+                         f"CPU {ms(cpu)}, wall {ms(got)} ({got / installed:.2f}×)",
+                         f"installed: CPU {ms(installed_cpu)}, wall {ms(installed)}", ratio,
+                         "≤ 1.15× installed" if target else "—", ratio <= 1.15 if target else None,
+                         key="pyz start" if target else "")
+            first = firsts[version]
+            self.add(f"P1 first start of a new spklite.pyz, Python {version} (extracts into the cache; no snapshot)",
+                     f"wall {ms(first)}", f"installed, warm: wall {ms(installed)}", first / installed)
+        self.notes.append("P1: the ratio is of the CPU time the process used until its first catalog answer (all its "
+                          "threads, /proc schedstat): wall times of adjacent starts vary by ±50% while other work "
+                          "shares the machine; the wall-clock ratio is given beside each value")
+
     # -- issue 4: catalog throughput -------------------------------------------------------------------
 
     def throughput(self, s100: Process, s1000: Process) -> Dict[str, Process]:
@@ -701,6 +801,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         folders, large, new, tiny = build_corpora(bench, args.trials)
         bench.startups(folders)
+        bench.pyz_startups(folders["100"])
         s1000 = bench.spklite("server-1000", folders["1000"], work / "home-1000").start()
         s100 = bench.spklite("server-100", folders["100"], work / "home-100").start()
         for proc in (s1000, s100):

@@ -114,7 +114,7 @@ def test_procd_runs_the_wrapper_as_spklite_with_respawn(tmp_path: Path) -> None:
     assert record.index("open_instance") < record.index("close_instance")
     params = procd_params(record)
     assert params["command"] == ["/usr/bin/spklite", "serve", "--home", str(conf_dir),
-                                 "--config", str(conf_dir / "config.yml")]
+                                 "--config", str(conf_dir / "config.yml"), "--cache", "/mnt/sda1/spklite/cache"]
     assert params["user"] == ["spklite"]
     assert params["respawn"] == ["3600", "5", "5"]
     assert params["file"] == ["/etc/config/spklite"]
@@ -132,6 +132,37 @@ def test_empty_cache_defaults_and_disabled_or_unconfigured_services(tmp_path: Pa
     assert start_service(tmp_path / "b", enabled="0") == ["rc=0"]  # disabled: no instance
 
     assert start_service(tmp_path / "c", packages="") == ["rc=1"]  # told what to set, no instance
+
+
+@pytest.mark.skipif(not BARE, reason="no Python >= 3.9 without spklite's dependencies found")
+def test_the_service_starts_from_compiled_modules_without_pyyaml(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """As procd runs it: the second start imports its modules from the cache, and its config without PyYAML
+    (spklite keeps its parse in the one file of the root-owned config folder that the service may write)."""
+    packages, cache = tmp_path / "packages", tmp_path / "cache"
+    packages.mkdir()
+    from spkbuilder import build_spk
+
+    build_spk(packages / "demo.spk")
+    record = start_service(tmp_path / "root", packages=str(packages), cache=str(cache))
+    conf_dir = tmp_path / "root" / "var" / "etc" / "spklite"
+    assert f"chown spklite:spklite {conf_dir / '.config.yml.json'}" in record
+    command = procd_params(record)["command"]
+    assert command[0] == "/usr/bin/spklite" and command[1] == "serve"
+    launcher = [str(BARE[-1]), "-I", "-X", "importtime", str(shared_pyz(tmp_path_factory)), *command[1:]]
+    imported = []
+    for _ in range(2):
+        server = Running(conf_dir, [], launcher=launcher, env={"PATH": os.environ.get("PATH", "")},
+                         inherit_env=False)  # (its --home, --host 127.0.0.1 and --port come after the command's)
+        try:
+            assert catalog_packages(server.url) == ["demo"], server.output()
+            assert server.stop() == 0
+            imported.append(re.findall(r"^import time:.*\| ([\w.]+)$", server.output(), re.MULTILINE))
+        finally:
+            server.stop(signal.SIGKILL)
+            server.log.close()
+    assert "yaml" in imported[0] and "yaml" not in imported[1]
+    assert [p.name for p in cache.glob("pyz-*")], "the pyz compiled its modules into the cache"
 
 
 # DEPENDS ######################################################################################

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +15,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 from conftest import Running
@@ -201,3 +203,119 @@ def test_the_readme_example_serves_the_packages_folder_where_it_is_run(python: s
     finally:
         server.stop(signal.SIGKILL)
         server.log.close()
+
+
+# Compiled once, into the cache ################################################################
+
+def load_tool(name: str) -> Any:
+    """A module of tools/ (not a package), imported by its path."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def extracted_folders(cache: Path) -> List[str]:
+    return sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+
+
+def code_loaded_from(verbose_stderr: str) -> List[str]:
+    """The compiled files `python -v` says it loaded code from."""
+    return re.findall(r"^# code object from '?([^']+?)'?$", verbose_stderr, re.MULTILINE)
+
+
+@needs_bare
+def test_first_start_compiles_into_the_cache_and_later_starts_import_from_there(
+        python: str, pyz: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "home" / "cache"
+    first = run(python, pyz, "version", "-H", str(tmp_path / "home"), cwd=tmp_path)
+    assert first.returncode == 0 and __version__ in first.stdout, first.stderr
+    tag = subprocess.run([python, "-c", "import sys; print(sys.implementation.cache_tag)"],
+                         capture_output=True, text=True, timeout=30).stdout.strip()
+    [name] = extracted_folders(cache)
+    assert re.fullmatch(rf"pyz-[0-9a-f]{{16}}-{tag}", name)
+    folder = cache / name
+    for module in ("bottle.py", "waitress/server.py", "yaml/__init__.py", "spklite/web/style.css"):
+        assert (folder / module).is_file()
+    for module in ("__init__", "cli", "config"):  # what `version` imports: compiled as imported
+        assert (folder / "spklite" / "__pycache__" / f"{module}.{tag}.pyc").is_file(), module
+
+    second = subprocess.run([python, "-I", "-v", str(pyz), "version", "-H", str(tmp_path / "home")],
+                            capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+                            env={"PATH": os.environ.get("PATH", "")})
+    assert second.returncode == 0 and __version__ in second.stdout, second.stderr
+    loaded = code_loaded_from(second.stderr)
+    assert str(folder / "spklite" / "__pycache__" / f"cli.{tag}.pyc") in loaded
+    assert not [p for p in loaded if not p.startswith(str(folder)) and "spklite" in p], "all of spklite from there"
+    assert extracted_folders(cache) == [name]
+
+
+@needs_bare
+def test_a_cache_that_cannot_be_written_still_runs_from_the_zip(python: str, pyz: Path, tmp_path: Path) -> None:
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+    done = run(python, pyz, "config", "--json", "--cache", str(in_the_way / "cache"), "-H", str(tmp_path / "h"),
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["spklite"]["filesystem"]["cache"] == str(in_the_way / "cache")
+    assert done.stderr == ""
+
+
+@needs_bare
+def test_concurrent_first_starts_share_one_complete_folder(python: str, pyz: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    argv = [python, "-I", str(pyz), "version", "-H", str(home)]
+    starts = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+              for _ in range(4)]
+    for process in starts:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0 and __version__ in out, err
+    [name] = extracted_folders(home / "cache")  # no half-written folder left behind
+    assert (home / "cache" / name / ".complete").read_text() == name
+
+
+def test_a_rebuilt_pyz_with_other_content_does_not_use_the_old_folder(pyz: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "spklite", source / "spklite", ignore=shutil.ignore_patterns("__pycache__"))
+    init = source / "spklite" / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{__version__}"', '__version__ = "9.9.9"'))
+    other = tmp_path / "other.pyz"
+    load_tool("build_pyz").build(other, root=source)
+    home = tmp_path / "home"
+    python = BARE[-1] if BARE else sys.executable
+
+    old = run(python, pyz, "version", "-H", str(home), cwd=tmp_path)
+    assert __version__ in old.stdout, old.stderr
+    [old_name] = extracted_folders(home / "cache")
+    new = run(python, other, "version", "-H", str(home), cwd=tmp_path)
+    assert "9.9.9" in new.stdout, new.stderr
+    [new_name] = extracted_folders(home / "cache")  # the older archive's folder is gone
+    assert new_name != old_name and "9.9.9" in (home / "cache" / new_name / "spklite" / "__init__.py").read_text()
+
+
+@pytest.mark.parametrize("argv, environ", [
+    ([], {}),
+    (["serve", "-H", "h1"], {}),
+    (["-Hh2", "scan"], {"SPKLITE_HOME": "ignored"}),
+    (["--home=h3"], {"SPKLITE_FILESYSTEM_CACHE": "c0"}),
+    (["--home", "h4", "serve", "--cache", "c1"], {}),
+    (["--cache", "c1", "serve", "--filesystem-cache=~/c2"], {"GOSSPKS_FILESYSTEM_CACHE": "c3"}),
+    (["serve"], {"SPKLITE_HOME": "", "GOSSPKS_HOME": "/srv/h5"}),
+    (["serve"], {"SPKLITE_FILESYSTEM_CACHE": "c6", "GOSSPKS_FILESYSTEM_CACHE": "c7"}),
+    (["serve", "--packages", "-H"], {}),
+])
+def test_the_pyz_finds_the_cache_folder_spklite_uses(argv: List[str], environ: Dict[str, str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flags and environment as config.load reads them (before spklite is imported, without a config file)."""
+    from spklite import cli, config
+
+    monkeypatch.chdir(tmp_path)
+    environ = {"HOME": str(tmp_path / "user"), **environ}
+    try:
+        namespace = cli.build_parser().parse_args(argv)
+    except SystemExit:
+        namespace = None  # spklite refuses this command line: any folder will do
+    found = load_tool("pyz_main").cache_folder(argv, environ)
+    if namespace is not None:
+        assert found == config.load(cli.given_flags(namespace), environ, create_file=False)["filesystem.cache"]

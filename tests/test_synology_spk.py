@@ -159,6 +159,8 @@ def test_start_status_stop_status(installed: Tuple[Path, Dict[str, str]]) -> Non
 
     log = Path(control(script, env, "log").stdout.strip())
     assert log.parent == Path(env["SYNOPKG_PKGVAR"]) and "serving on" in log.read_text()
+    # The pyz compiled its modules once, into the package's cache: later starts import the bytecode.
+    assert list((Path(env["SYNOPKG_PKGVAR"]) / "cache").glob("pyz-*/spklite/__pycache__/cli.*.pyc"))
 
     stopped = control(script, env, "stop")
     assert stopped.returncode == 0, stopped.stderr

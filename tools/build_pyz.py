@@ -12,6 +12,7 @@ permissions, fixed compression -- the same sources give the same bytes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import sys
@@ -31,18 +32,9 @@ LICENCE_NAME = re.compile(r"^(LICEN[CS]E|COPYING|NOTICE|AUTHORS)", re.IGNORECASE
 SHEBANG = b"#!/usr/bin/env python3\n"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 
-# The entry point. Kept parseable by old Pythons so that they print a clear
-# message instead of a SyntaxError from deep inside spklite.
-MAIN = b'''\
-import sys
-
-if sys.version_info < (3, 9):
-    sys.exit("spklite needs Python 3.9 or newer; this is Python %d.%d" % sys.version_info[:2])
-
-from spklite.cli import main
-
-sys.exit(main())
-'''
+# The entry point: runs spklite from compiled bytecode kept in its cache (see the file).
+MAIN = ROOT / "tools" / "pyz_main.py"
+CONTENT_PLACEHOLDER = b'CONTENT = "@CONTENT@"'
 
 
 class BuildError(Exception):
@@ -92,15 +84,31 @@ def distribution_files(name: str) -> Iterator[Tuple[str, bytes]]:
         raise BuildError(f"{name} {dist.version}: found {modules} modules and {licences} licence files")
 
 
+def content_hash(entries: Dict[str, bytes]) -> str:
+    """What names the folder the pyz extracts itself into: a rebuild with other content uses another."""
+    digest = hashlib.sha256()
+    for name in sorted(entries):
+        digest.update(b"%d:%s%d:" % (len(name), name.encode(), len(entries[name])) + entries[name])
+    return digest.hexdigest()[:16]
+
+
+def entry_point(entries: Dict[str, bytes], template: Path = MAIN) -> bytes:
+    source = template.read_bytes()
+    if source.count(CONTENT_PLACEHOLDER) != 1:
+        raise BuildError(f"{template}: expected one line {CONTENT_PLACEHOLDER.decode()}")
+    return source.replace(CONTENT_PLACEHOLDER, b'CONTENT = "%s"' % content_hash(entries).encode())
+
+
 def collect(root: Path = ROOT, dependencies: Tuple[str, ...] = DEPENDENCIES) -> Dict[str, bytes]:
     """Archive name -> content, everything the pyz holds."""
-    entries: Dict[str, bytes] = {"__main__.py": MAIN}
+    entries: Dict[str, bytes] = {}
     sources = [spklite_files(root)] + [distribution_files(name) for name in dependencies]
     for source in sources:
         for name, data in source:
             if name in entries:
                 raise BuildError(f"{name}: provided twice")
             entries[name] = data
+    entries["__main__.py"] = entry_point(entries)
     return entries
 
 
