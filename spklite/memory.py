@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's malloc.h
 ARENAS = 2  # the main arena and one for all the other threads: requests hold the GIL anyway
-MMAP_THRESHOLD = 256 << 10  # buffers from 256 KiB (a large answer, a read of an SPK) mapped, and unmapped when freed
+# Buffers from 1 MiB (a large answer) mapped, and unmapped when freed. A download's 512 KiB reads (files.READ_MAX)
+# reuse the heap: 100 MB to one client went at 2.2 GB/s, against 1.3 GB/s in 4 MB reads, each mapped anew.
+MMAP_THRESHOLD = 1 << 20
 
 _libc: Optional[Any] = None
 

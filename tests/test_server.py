@@ -141,3 +141,36 @@ def test_threads_share_two_malloc_arenas(run_server, packages):
         thread.join(60)
     assert server.get(DSM7)[0] == 200
     assert malloc_heaps(server.proc.pid) <= 1
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def test_parallel_downloads_hold_little_memory(run_server, packages):
+    """waitress reads a file in pieces as large as the socket's send buffer (~4 MB on loopback): 8 downloads
+    held 30 MiB at once. The server hands it at most 512 KiB a read (issue 12)."""
+    build_spk(packages / "big.spk", {"package": "big"}, package_tgz=bytes(24 << 20))
+    server = run_server("--packages", str(packages), "--threads", "8")
+    pid = server.proc.pid
+    assert len(server.get("/download/big.spk")[2]) > 24 << 20
+    before = peak = rss_kib(pid)
+
+    def download() -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /download/big.spk HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            while sock.recv(1 << 16):
+                pass
+
+    threads = [threading.Thread(target=download) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while any(thread.is_alive() for thread in threads) and time.monotonic() < deadline:
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.005)
+    for thread in threads:
+        thread.join(30)
+    print(f"RSS {before / 1024:.1f} -> peak {peak / 1024:.1f} MiB")
+    assert (peak - before) / 1024 < 12, f"RSS {before / 1024:.1f} -> peak {peak / 1024:.1f} MiB"
