@@ -26,7 +26,7 @@ DEFAULT_FIELDS = ("maintainer", "maintainer_url", "distributor", "distributor_ur
 OPTIONAL_BOOLS = ("silent_install", "silent_upgrade", "silent_uninstall")
 MEMO_ENTRIES = 256
 EDITED = 256  # files changed up to which a state's catalog is the previous one edited (see Catalog._edit)
-MEMO_BYTES = 4 << 20  # a 1,000-package answer is ~60 KB: memory stays bounded on a small device (issue 12)
+MEMO_BYTES = 2 << 20  # a 1,000-package answer is ~60 KB: memory stays bounded on a small device (issue 12)
 
 
 def is_beta(info: Mapping[str, str]) -> bool:
