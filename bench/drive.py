@@ -137,13 +137,17 @@ def have_wrk() -> bool:
 
 
 def load(port: int, *, conns: int, seconds: float, paths: Sequence[str] = ("/",), method: str = "GET",
-         body: str = "", header: str = "", delay_ms: int = 0, threads: int = 1) -> Dict[str, float]:
+         body: str = "", header: str = "", delay_ms: int = 0, threads: int = 1, paths_file: str = ""
+         ) -> Dict[str, float]:
     """Drive the server with `conns` keep-alive clients; requests/s, MB/s and latencies (ms).
 
-    One wrk thread leaves the second core to the server; bulk downloads want two."""
+    One wrk thread leaves the second core to the server; bulk downloads want two. With `paths_file` (a file
+    of paths, one a line), wrk asks each once and stops (at `seconds` at the latest)."""
     if have_wrk():
-        raw = _wrk(port, conns, seconds, paths, method, body, header, delay_ms, threads)
+        raw = _wrk(port, conns, seconds, paths, method, body, header, delay_ms, threads, paths_file)
     else:
+        if paths_file:
+            paths = Path(paths_file).read_text().split()
         raw = _python_load(port, conns, seconds, paths, method, body, header, delay_ms)
     secs = raw["duration_us"] / 1e6
     return {
@@ -158,9 +162,9 @@ def load(port: int, *, conns: int, seconds: float, paths: Sequence[str] = ("/",)
 
 
 def _wrk(port: int, conns: int, seconds: float, paths: Sequence[str], method: str, body: str,
-         header: str, delay_ms: int, threads: int) -> Dict[str, Any]:
+         header: str, delay_ms: int, threads: int, paths_file: str = "") -> Dict[str, Any]:
     env = dict(os.environ, BENCH_METHOD=method, BENCH_BODY=body, BENCH_PATHS="\n".join(paths),
-               BENCH_HEADER=header, BENCH_DELAY=str(delay_ms))
+               BENCH_HEADER=header, BENCH_DELAY=str(delay_ms), BENCH_PATHS_FILE=paths_file)
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "-s", str(LUA), f"http://127.0.0.1:{port}{paths[0]}"]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)

@@ -2,6 +2,7 @@
 --   BENCH_METHOD  GET or POST (default GET)
 --   BENCH_BODY    request body (POST form), sent with a form Content-Type
 --   BENCH_PATHS   request paths separated by newlines, used round-robin
+--   BENCH_PATHS_FILE  a file of such paths (too many for the environment), each asked once, then the run ends
 --   BENCH_HEADER  one extra header line "Name: value"
 --   BENCH_DELAY   milliseconds to wait before each request (a paced client)
 -- done() prints one line "BENCHJSON {...}" that bench/run.py reads.
@@ -22,8 +23,16 @@ else
 end
 
 local paths = {}
-for path in (os.getenv("BENCH_PATHS") or "/"):gmatch("[^\n]+") do
-  paths[#paths + 1] = path
+local once = os.getenv("BENCH_PATHS_FILE")
+if once and once ~= "" then
+  for path in io.lines(once) do
+    paths[#paths + 1] = path
+  end
+else
+  for path in (os.getenv("BENCH_PATHS") or "/"):gmatch("[^\n]+") do
+    paths[#paths + 1] = path
+  end
+  once = nil
 end
 local requests = {}
 for i, path in ipairs(paths) do
@@ -34,6 +43,24 @@ local n = 0
 function request()
   n = n % #requests + 1
   return requests[n]
+end
+
+if once then  -- one thread: each path once, then wrk ends (it would wait out its duration) with a short summary
+  local answered, failed, started = 0, 0, os.time()
+  function response(status)
+    answered = answered + 1
+    if status ~= 200 then
+      failed = failed + 1
+    end
+    if answered >= #requests then
+      io.write(string.format(
+        'BENCHJSON {"requests": %d, "bytes": 0, "duration_us": %d, "errors": 0, "status_errors": %d, '
+          .. '"timeouts": 0, "p50_us": 0, "p99_us": 0, "mean_us": 0, "max_us": 0}\n',
+        answered, math.max(1, os.time() - started) * 1000000, failed))
+      io.flush()
+      os.exit(0)
+    end
+  end
 end
 
 if delay_ms > 0 then

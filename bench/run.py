@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -655,23 +657,106 @@ class Bench:
                  "Go server exits", None, "server undisturbed", ok, key="disconnect")
 
     def visibility(self, s1000: Process, folder: Path, staged: List[Path]) -> None:
-        delays = []
-        for path in staged:
-            needle = b'"package":"%s"' % path.stem.encode()
-            t0 = time.perf_counter()
-            os.rename(path, folder / path.name)
-            while time.perf_counter() - t0 < 5:
-                if needle in fetch(s1000.port, DSM7)[1]:
-                    break
-                time.sleep(0.005)
-            delays.append(time.perf_counter() - t0)
-            time.sleep(0.25)
+        delays = visibility_delays(s1000, folder, staged)
         median, p95 = statistics.median(delays), drive.percentile(delays, 95)
         mode = s1000.health()["watch"]
         self.add(f"S6 visibility, `mv` into the folder -> in the catalog ({len(delays)} trials, {mode}): median",
                  ms(median), "gosspks 300 s (TTL)")
         self.add("S6 visibility: p95", ms(p95), "gosspks 300 s (TTL)", p95 / 300, "≤ 300 ms", p95 <= 0.3,
                  key="visibility")
+
+    # -- issue 12: memory bounded at all times --------------------------------------------------------------
+
+    def memory_bound(self, source: Path, specs: List[corpus.Spec], name: str = "memory",
+                     env: Optional[Dict[str, str]] = None) -> Tuple[float, float, List[str]]:
+        """N=1,000 and one 100 MB SPK: start, catalog load (16 clients, 16 NAS), eight parallel 100 MB downloads,
+        then requests with distinct random NAS profiles (platform x build x language x channel). RSS is sampled
+        every 50 ms throughout; the peak, the end value (idle 6 s later) and each phase's end."""
+        folder = corpus.link_prefix(source, specs, 1000, self.work / f"p-{name}")
+        large = corpus.build_large(folder / "bench-memory-large.spk", "bench-memory-large", LARGE_SIZE)
+        paths = self.work / f"{name}-profiles.txt"
+        paths.write_text("\n".join(random_profiles(self.args.profiles)) + "\n")
+        proc = self.spklite(name, folder, self.work / f"home-{name}", env=env).start()
+        proc.wait_answer(DSM7)
+        proc.settle()
+        time.sleep(0.3)
+        steps = [f"start {proc.rss_mb():.1f}"]
+        with RssPeak(proc) as rss:
+            load(proc.port, conns=16, seconds=self.args.memory_seconds, paths=PROFILES)
+            steps.append(rss.lap(f"{self.args.memory_seconds} s of catalog load"))
+            request = drive.request_bytes("/download/" + large.name)
+            with drive.Readers(proc.port, request, 8, rate=1e12) as readers:
+                deadline = time.monotonic() + 120
+                while not all(readers.done) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            if sum(readers.received) < 8 * large.stat().st_size:
+                self.notes.append(f"{name}: the downloads got {sum(readers.received)} bytes, not 8 × 100 MB")
+            steps.append(rss.lap("8 downloads"))
+            done = load(proc.port, conns=4, seconds=600, paths_file=str(paths))
+            steps.append(rss.lap(f"{done['requests']:.0f} distinct profiles"))
+            time.sleep(6)  # one round of the server's upkeep (5 s), which trims the heap
+            end = proc.rss_mb()
+        proc.stop()
+        return rss.peak, end, steps
+
+    # -- issue 12: the cost of a large folder ------------------------------------------------------------
+
+    def scaling(self, sizes: Sequence[int]) -> None:
+        """N tiny SPKs (a corpus cached across runs, hard-linked here): cold and warm start beside the empty
+        folder's in the same rounds, `spklite scan`, RSS, snapshot size, one client's catalog latency on a memo
+        miss and on a hit, visibility of a new file."""
+        self.say(f"the tiny corpus of {max(sizes)} SPKs (kept in {corpus.CACHE})")
+        source = corpus.tiny_corpus(max(sizes))
+        empty, stage = self.work / "scaling-empty", self.work / "scaling-stage"
+        empty.mkdir()
+        stage.mkdir()
+        for n in sizes:
+            folder = corpus.link_tree(source, self.work / f"tiny-{n}", n)
+            home = self.work / f"home-tiny-{n}"
+            self.say(f"N={n}: cold start, scan, {self.args.runs} warm starts")
+            t_cold = self.start_once(f"tiny-cold-{n}", folder, home, settle=True)[0]
+            t0 = time.perf_counter()
+            subprocess.run([self.program, "scan", "--home", str(home), "--packages", str(folder)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+            t_scan = time.perf_counter() - t0
+            bare, warm, rss = [], [], []
+            for _ in range(self.args.runs):
+                bare.append(self.start_once("tiny-empty", empty, self.work / "home-tiny-empty", False)[0])
+                seconds, _, mib = self.start_once(f"tiny-warm-{n}", folder, home, settle=True)
+                warm.append(seconds)
+                rss.append(mib)
+            t_empty, t_warm, mib = statistics.median(bare), statistics.median(warm), statistics.median(rss)
+            snapshot = (home / "cache" / "index.jsonl").stat().st_size
+            judged = n == 50000
+            self.add(f"12.3 cold start (no snapshot), N={n:,}", ms(t_cold), f"empty {ms(t_empty)}", t_cold / t_empty)
+            self.add(f"12.3 warm start (snapshot), N={n:,}", ms(t_warm), f"empty {ms(t_empty)}", t_warm / t_empty,
+                     "≤ 2× empty" if judged else "—", t_warm <= 2 * t_empty if judged else None, key=f"warm {n}")
+            self.add(f"12.3 `spklite scan` (snapshot up to date), N={n:,}", ms(t_scan))
+            limit = 25 + 0.5 * n / 1024
+            self.add(f"12.3 RSS after a warm start, N={n:,}", f"{mib:.1f} MiB",
+                     f"{(mib - 25) * 1024 / n:.2f} KiB/file over 25 MiB", None,
+                     f"≤ {limit:.1f} MiB (25 + 0.5 KiB/file)", mib <= limit, key=f"rss {n}")
+            self.add(f"12.3 snapshot size, N={n:,}", f"{snapshot / MB:.1f} MiB", f"{snapshot / n:.0f} B/file")
+
+            proc = self.spklite(f"tiny-{n}", folder, home).start()
+            proc.wait_answer(DSM7)
+            proc.settle()
+            miss, hit, size = miss_and_hit(proc.port, distinct_profiles(60))
+            self.add(f"12.3 catalog, 1 client, memo miss, N={n:,}: p50 (answers ~{size // 1024} KiB)",
+                     f"{statistics.median(miss):.1f} ms", f"hit {statistics.median(hit):.2f} ms")
+            p95 = drive.percentile(miss, 95)
+            self.add(f"12.3 catalog, 1 client, memo miss, N={n:,}: p95", f"{p95:.1f} ms",
+                     f"hit {drive.percentile(hit, 95):.2f} ms", None, "≤ 50 ms" if judged else "—",
+                     p95 <= 50 if judged else None, key=f"miss {n}")
+            staged = [corpus.spkbuilder.build_spk(stage / f"bench-new-{n}-{i:02d}.spk", {
+                "package": f"bench-new-{n}-{i:02d}", "version": "1.0-1", "arch": "noarch",
+                "os_min_ver": "7.0-40000"}) for i in range(self.args.scaling_trials)]
+            delays = visibility_delays(proc, folder, staged)
+            p95 = drive.percentile(delays, 95)
+            self.add(f"12.3 visibility of a new file, N={n:,} ({len(delays)} trials, {proc.health()['watch']}): p95",
+                     ms(p95), f"median {ms(statistics.median(delays))}", None, "≤ 300 ms" if judged else "—",
+                     p95 <= 0.3 if judged else None, key=f"visibility {n}")
+            proc.stop()
 
     # -- profiles of start-up ----------------------------------------------------------------------------
 
@@ -760,6 +845,99 @@ class Bench:
             proc.stop()
 
 
+class RssPeak:
+    """The highest RSS (MiB) of a process, sampled every 50 ms in a thread while the block runs."""
+
+    def __init__(self, proc: Process):
+        self.proc, self.peak, self.lap_peak = proc, proc.rss_mb(), 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "RssPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.lap_peak = max(self.lap_peak, self.proc.rss_mb())
+            self.peak = max(self.peak, self.lap_peak)
+
+    def lap(self, what: str) -> str:
+        """What happened, the RSS now and its peak since the last lap."""
+        now, peak, self.lap_peak = self.proc.rss_mb(), self.lap_peak, 0.0
+        return f"{what} {now:.1f} (peak {max(peak, now):.1f})"
+
+
+def random_profiles(count: int, seed: int = 2) -> List[str]:
+    """`count` distinct catalog requests with random NAS profiles: any platform Synology names (and a few it
+    does not), any DSM build, any DSM language, either channel."""
+    from spklite import synology
+
+    rng = random.Random(seed)
+    platforms = sorted({*synology.PLATFORM_FAMILY, *synology.PLATFORMS_WITHOUT_FAMILY, "unknown1", "unknown2"})
+    found: Dict[str, None] = {}
+    while len(found) < count:
+        platform, build = rng.choice(platforms), rng.randint(1000, 90000)
+        found[f"/?arch={platform}&build={build}&language={rng.choice(synology.LANGUAGES)}"
+              f"&unique=synology_{platform}_{rng.choice(('ds218', '918%2B', 'rs819', 'ds1522%2B'))}"
+              f"&package_update_channel={rng.choice(('stable', 'beta'))}"] = None
+    return list(found)
+
+
+def visibility_delays(proc: Process, folder: Path, staged: List[Path]) -> List[float]:
+    """Seconds from each file's `mv` into the folder to its first appearance in the DSM 7 catalog."""
+    delays = []
+    for path in staged:
+        needle = b'"package":"%s"' % path.stem.encode()
+        t0 = time.perf_counter()
+        os.rename(path, folder / path.name)
+        while time.perf_counter() - t0 < 5:
+            if needle in fetch(proc.port, DSM7)[1]:
+                break
+            time.sleep(0.005)
+        delays.append(time.perf_counter() - t0)
+        time.sleep(0.25)
+    return delays
+
+
+def distinct_profiles(count: int, seed: int = 12) -> List[str]:
+    """`count` catalog requests that each have an answer of their own: platform x DSM build x language x channel."""
+    platforms = ("apollolake", "geminilake", "denverton", "armada38x", "rtd1296", "alpine", "evansport", "88f6281")
+    builds = ((25556, 6, 2), (42218, 7, 0), (15284, 6, 1), (42661, 7, 1))
+    combos = [(p, b, lang, beta) for p in platforms for b in builds for lang in ("enu", "fre", "ger")
+              for beta in (False, True)]
+    random.Random(seed).shuffle(combos)
+    return [f"/?arch={p}&build={b}&major={major}&minor={minor}&language={lang}&unique=synology_{p}_x"
+            f"&package_update_channel={'beta' if beta else 'stable'}"
+            for p, (b, major, minor), lang, beta in combos[:count]]
+
+
+def miss_and_hit(port: int, paths: Sequence[str]) -> Tuple[List[float], List[float], int]:
+    """Each path asked twice in a row on one keep-alive connection: its latency (ms) on a memo miss, on the
+    hit that follows, and the answers' mean size."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    times: Tuple[List[float], List[float]] = ([], [])
+    size = 0
+    try:
+        for path in paths:
+            for kind in times:
+                t0 = time.perf_counter()
+                conn.request("GET", path)
+                response = conn.getresponse()
+                body = response.read()
+                kind.append((time.perf_counter() - t0) * 1000)
+                if response.status != 200:
+                    raise RuntimeError(f"{path}: {response.status} {body[:200]!r}")
+            size += len(body)
+    finally:
+        conn.close()
+    return times[0], times[1], size // max(1, len(paths))
+
+
 def build_corpora(bench: Bench, trials: int) -> Tuple[Dict[str, Path], List[Path], List[Path], Path]:
     work = bench.work
     specs = corpus.small_specs(2000)
@@ -792,6 +970,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--trials", type=int, default=40, help="visibility trials (at least 30)")
     parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                         help="profile figures that miss their target (auto), all of them, or none")
+    parser.add_argument("--sizes", default="10000,50000",
+                        help="folder sizes of issue 12's scaling figures (tiny SPKs, comma-separated; '' skips)")
+    parser.add_argument("--scaling-trials", type=int, default=20, help="visibility trials per scaling size")
+    parser.add_argument("--memory-seconds", type=int, default=60, help="catalog load of the memory scenario")
+    parser.add_argument("--profiles", type=int, default=50000,
+                        help="distinct random NAS profiles of the memory scenario (0 skips the scenario)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, profiles)")
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
@@ -827,6 +1011,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bench.disconnects(s1000, big)
         bench.visibility(s1000, folders["1000"], new)
         bench.add("5 RSS at the end (after downloads, 1,040 files)", f"{s1000.rss_mb():.1f} MiB")
+        s1000.stop()
+        if args.profiles:
+            bench.say("memory: catalog load, 8 downloads, distinct NAS profiles")
+            specs = corpus.small_specs(2000)
+            peak, end, steps = bench.memory_bound(folders["2000"], specs)
+            what = (f"start + {args.memory_seconds} s catalog load + 8 × 100 MB downloads + {args.profiles:,} "
+                    "distinct random NAS profiles, N=1,000")
+            bench.add(f"12.2 RSS peak: {what}", f"{peak:.1f} MiB", f"end {end:.1f} MiB", None, "≤ 35 MiB",
+                      peak <= 35, key="memory bound")
+            bench.notes.append("12.2 memory scenario, RSS in MiB after each step (peak within it): " + ", ".join(steps))
+        sizes = [int(n) for n in args.sizes.split(",") if n.strip()]
+        if sizes:
+            bench.scaling(sizes)
         if args.profile != "never":
             if "rss" in bench.misses or "rss load" in bench.misses or args.profile == "always":
                 bench.memory_notes()

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 DEFAULT_FIELDS = ("maintainer", "maintainer_url", "distributor", "distributor_url", "support_url")
 OPTIONAL_BOOLS = ("silent_install", "silent_upgrade", "silent_uninstall")
 MEMO_ENTRIES = 256
-MEMO_BYTES = 8 << 20  # a 1,000-package answer is ~60 KB: memory stays bounded on a small device
+EDITED = 256  # files changed up to which a state's catalog is the previous one edited (see Catalog._edit)
+MEMO_BYTES = 2 << 20  # a 1,000-package answer is ~60 KB: memory stays bounded on a small device (issue 12)
 GZIP_LEVEL = 6  # zlib's default
 
 
@@ -174,13 +175,17 @@ class Catalog:
     def __init__(self, records: Iterable[Any], settings: Mapping[str, Any], previous: Optional["Catalog"] = None,
                  rejected: Iterable[Any] = (), yanked: Iterable[str] = (),
                  downloads: Optional[Mapping[str, int]] = None):
-        # Records the previous state had too keep their offer: only changed files cost work.
+        # Records the previous state had too keep their offer: only changed files cost work. (The previous
+        # catalog holds its records: an id found is that record's, never a reused one.)
         known: Dict[int, Offer] = {id(o.record): o for o in previous.offers} if previous else {}
-        offers: List[Offer] = []
+        kept: List[Offer] = []
+        fresh: List[Offer] = []
         for record in records:
-            offer = known.get(id(record))
-            offers.append(offer if offer is not None and offer.record is record else Offer(record))
-        self.offers: List[Offer] = sorted(offers, key=lambda o: (o.package, o.record.path))
+            offer = known.pop(id(record), None)
+            if offer is None:
+                fresh.append(Offer(record))
+            else:
+                kept.append(offer)
         self.rejected: List[Any] = sorted(rejected, key=lambda r: r.path)  # index.Rejected: for explain
         self.yanked = frozenset(yanked)  # index keys (spklite.yank): on disk, never offered
         self.downloads: Mapping[str, int] = downloads or {}  # index key -> download count (spklite.counts)
@@ -190,6 +195,19 @@ class Catalog:
             field: settings.get("defaults." + field.replace("_", "-"), "") for field in DEFAULT_FIELDS
         }
         self.with_md5 = bool(settings.get("md5", True))
+        # The offers by (arch token, DSM 7 file), in path order: a NAS's candidates are those for its platform,
+        # its family and noarch, of its DSM generation, so a memo miss looks at these, not at every file.
+        self.groups: Dict[Tuple[str, bool], List[Offer]] = {}
+        if previous is not None and len(fresh) + len(known) <= EDITED:
+            self._edit(previous, fresh, list(known.values()))  # known: the offers of records now gone
+        else:
+            self._build(kept + fresh)
+        self._memo: "OrderedDict[tuple, bytes]" = OrderedDict()
+        self._memo_bytes = 0
+        self._memo_lock = threading.Lock()
+
+    def _build(self, offers: List[Offer]) -> None:
+        self.offers: List[Offer] = sorted(offers, key=lambda o: (o.package, o.record.path))
         self.uses_models = any(o.models or o.exclude_models for o in self.offers)
         # What the answer's key is made of (see answer): the builds where some answer changes, the languages
         # some INFO has texts in.
@@ -197,9 +215,35 @@ class Catalog:
                                   | {o.min_build for o in self.offers}
                                   | {o.max_build + 1 for o in self.offers if o.max_build is not None})
         self.languages = frozenset().union(*(o.languages for o in self.offers))
-        self._memo: "OrderedDict[tuple, bytes]" = OrderedDict()
-        self._memo_bytes = 0
-        self._memo_lock = threading.Lock()
+        for offer in self.offers:
+            for key in group_keys(offer):
+                self.groups.setdefault(key, []).append(offer)
+
+    def _edit(self, previous: "Catalog", fresh: List[Offer], gone: List[Offer]) -> None:
+        """The previous catalog's offers, groups and memo keys with a few files added and removed: at 50,000
+        files a full build costs ~0.2 s, this a few ms. What a removed file brought to the memo keys (a build
+        step, a language) stays: such keys are only finer than needed, never wrong."""
+        self.offers = list(previous.offers)  # copies: the previous catalog may be answering meanwhile
+        self.groups = dict(previous.groups)
+        for offer in gone:
+            self.offers.remove(offer)
+            for key in group_keys(offer):
+                self._group(key, previous).remove(offer)
+        for offer in fresh:
+            insert_sorted(self.offers, offer)
+            for key in group_keys(offer):
+                insert_sorted(self._group(key, previous), offer)
+        self.uses_models = previous.uses_models or any(o.models or o.exclude_models for o in fresh)
+        self.build_steps = sorted({*previous.build_steps, *(o.min_build for o in fresh),
+                                   *(o.max_build + 1 for o in fresh if o.max_build is not None)})
+        self.languages = previous.languages.union(*(o.languages for o in fresh))
+
+    def _group(self, key: Tuple[str, bool], previous: "Catalog") -> List[Offer]:
+        """This catalog's own copy of a group, made when first changed."""
+        group = self.groups.get(key)
+        if group is None or group is previous.groups.get(key):
+            group = self.groups[key] = list(group or ())
+        return group
 
     # -- the NAS answer --------------------------------------------------------
 
@@ -249,8 +293,14 @@ class Catalog:
 
     def newest(self, query: Query) -> List[Offer]:
         """The newest candidate file of each package id, ordered by package id."""
+        # Groups in the order of arch_match's ranks: offers of equal score meet in the same group, in path order
+        # (an offer met again in a lower group has its rank there too, and ties keep the first).
+        seven = (query.build or 0) >= synology.DSM7_BUILD
+        tokens = dict.fromkeys((query.platform, synology.PLATFORM_FAMILY.get(query.platform), "noarch"))
+        groups = [self.groups.get((token, seven), ()) for token in tokens if token]
         # A verdict that is not a rank is the code of the rule that excludes the file.
-        return newest_per_package((o, rank) for o in self.offers if isinstance(rank := self.verdict(o, query), int))
+        return newest_per_package((o, rank) for group in groups for o in group
+                                  if isinstance(rank := self.verdict(o, query), int))
 
     def latest(self, offers: Iterable[Offer]) -> List[Offer]:
         """The newest file of each package among `offers`, whatever NAS it is for; yanked files left out."""
@@ -346,6 +396,26 @@ class Catalog:
         if offer.beta and info.get("report_url"):
             obj["report_url"] = info["report_url"]
         return obj
+
+
+def group_keys(offer: Offer) -> List[Tuple[str, bool]]:
+    """The groups an offer is in (Catalog.groups): its arch tokens, for its DSM generation."""
+    seven = offer.min_major >= 7
+    return [(token, seven) for token in offer.arch]
+
+
+def insert_sorted(offers: List[Offer], offer: Offer) -> None:
+    """Insert into a list ordered by (package id, path), in its place (bisect's key= is Python 3.10+)."""
+    key = (offer.package, offer.record.path)
+    low, high = 0, len(offers)
+    while low < high:
+        middle = (low + high) // 2
+        other = offers[middle]
+        if (other.package, other.record.path) < key:
+            low = middle + 1
+        else:
+            high = middle
+    offers.insert(low, offer)
 
 
 def newest_per_package(candidates: Iterable[Tuple[Offer, int]]) -> List[Offer]:

@@ -21,6 +21,7 @@ import re
 import stat
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from sys import intern
 from zlib import adler32
 
 from spklite.synology import DSM7_BUILD, DSM7_VERSION, parse_firmware
@@ -130,9 +131,10 @@ class Package(
     def from_json(cls, data: Mapping[str, Any], texts: Sequence[str]) -> Package:
         """The inverse of to_json, with `texts` the table as a list; ValueError when `data` is not such a dict."""
         try:
-            info = {key: texts[number] for key, number in data["info"].items()}
-            icon, icon_256 = data["icon"], data["icon_256"]
-            screenshots, warnings = tuple(data["screenshots"]), tuple(data["warnings"])
+            # Interned: each line's JSON makes its own copies of the keys and blob names, ~0.5 KiB a file.
+            info = {intern(key): texts[number] for key, number in data["info"].items()}
+            icon, icon_256 = (data[k] if data[k] is None else intern(data[k]) for k in ("icon", "icon_256"))
+            screenshots, warnings = tuple(map(intern, data["screenshots"])), tuple(data["warnings"])
             flags = (data["has_license"], data["install_wizard"], data["upgrade_wizard"])
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ValueError(f"not a package record: {exc!r}") from None
@@ -182,7 +184,7 @@ def parse_info(raw: bytes) -> tuple[dict[str, str], list[str]]:
         if not match:
             found.append(f"INFO line {number}: not a key=value line: {_clip(line)!r}")
         else:
-            info[match.group(1).lower()] = _value(match.group(2), number, found)
+            info[intern(match.group(1).lower())] = _value(match.group(2), number, found)  # one copy of each key
         if found is not warnings:
             dropped += len(found)
     if dropped:

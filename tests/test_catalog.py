@@ -431,3 +431,59 @@ def test_memoised_answers_equal_fresh_ones_for_any_profile(mixed, make_client):
                   "package_update_channel": rng.choice(["beta", "stable"])}
         fresh, _ = make_client()
         assert busy.get("/", params).body == fresh.get("/", params).body, params
+
+
+def test_candidates_by_platform_group_are_those_of_every_file(mixed, make_client):
+    """A memo miss looks only at the files for the NAS's platform, family and noarch, of its DSM generation:
+    for every platform, build and channel the answer is the one the rules give over all files."""
+    from spklite import synology
+    from spklite.catalog import Catalog, Query, newest_per_package
+
+    build_spk(mixed / "q-noarch.spk", {"package": "q", "version": "2-1", "arch": "noarch"})
+    build_spk(mixed / "q-exact.spk", {"package": "q", "version": "2-1", "arch": "apollolake noarch"})
+    build_spk(mixed / "q-family.spk", {"package": "q", "version": "2-1", "arch": "x86_64 armv8"})
+    build_spk(mixed / "a-first.spk", {"package": "q", "version": "2-1", "arch": "noarch x86_64"})
+    _, index = make_client()
+    catalog = Catalog(index.current.records.values(), {})
+    platforms = sorted({*synology.PLATFORM_FAMILY, *synology.PLATFORMS_WITHOUT_FAMILY, "noarch", "", "x"})
+    for platform in platforms:
+        for build in (None, 5644, 15047, 25556, 40000, 41890, 42661, 64570):
+            for beta in (False, True):
+                query = Query(build, platform, "enu", beta, "synology_apollolake_918+")
+                every = newest_per_package((o, rank) for o in catalog.offers
+                                           if isinstance(rank := catalog.verdict(o, query), int))
+                assert catalog.newest(query) == every, query
+
+
+def test_a_catalog_edited_file_by_file_is_the_one_built_whole(mixed, make_client):
+    """A new index state's catalog is the previous one with the changed files added and removed (not rebuilt):
+    after additions, replacements and removals it offers, groups and answers as one built from scratch."""
+    from spklite.catalog import Catalog, Links, Query
+
+    _, index = make_client()
+    links = Links("http://h", "/download", "/static", "icon.png")
+    catalog = Catalog(index.current.records.values(), {})
+    steps = [
+        lambda: build_spk(mixed / "new-apl.spk", {"package": "aaa", "version": "1.0-1", "arch": "apollolake",
+                                                  "displayname_ita": "Nuovo"}),
+        lambda: build_spk(mixed / "web-x64-dsm7.spk", {"package": "web", "version": "2.5-1", "arch": "x86_64"}),
+        lambda: (mixed / "tool-dsm7.spk").unlink(),
+        lambda: build_spk(mixed / "zz-model.spk", {"package": "zz", "version": "1.0-1", "arch": "noarch",
+                                                   "model": "synology_geminilake_920+", "os_max_ver": "7.1-42661"}),
+        lambda: (mixed / "arm.spk").unlink(),
+    ]
+    for step in steps:
+        step()
+        updated = index.update(sorted(index.walk()) + ["tool-dsm7.spk", "arm.spk"])
+        index.fill_md5(index.pending_md5())
+        for state in (updated, index.current):
+            catalog = Catalog(state.records.values(), {}, previous=catalog)
+            whole = Catalog(state.records.values(), {})
+            assert [o.record for o in catalog.offers] == [o.record for o in whole.offers]
+            assert {k: [o.record for o in v] for k, v in catalog.groups.items() if v} == {
+                k: [o.record for o in v] for k, v in whole.groups.items()}
+            assert catalog.uses_models == whole.uses_models
+            assert whole.languages <= catalog.languages and set(whole.build_steps) <= set(catalog.build_steps)
+            for query in (Query(64570, "apollolake", "ita", False, "synology_geminilake_920+"),
+                          Query(42661, "rtd1296", "enu", True, ""), Query(25556, "armada38x", "fre", False, "")):
+                assert catalog.answer(query, links) == whole.answer(query, links)
