@@ -117,11 +117,13 @@ class Server:
         host = self.cfg["hostname"] or request_host(environ)
         return Links(f"{scheme}://{host}", self.cfg["router.download"], self.cfg["router.static"], DEFAULT_ICON)
 
-    def nas_answer(self, environ: Mapping[str, Any], params: Mapping[str, str]) -> bytes:
-        """The catalog answer for a NAS's parameters (memoised by the catalog on exactly what decides it)."""
+    def nas_answer(self, environ: Mapping[str, Any], params: Mapping[str, str],
+                   request: Optional[Tuple[str, ...]] = None) -> bytes:
+        """The catalog answer for a NAS's parameters (memoised by the catalog on exactly what decides it);
+        `request`: the inputs as received that params and links were parsed from (see CatalogFront)."""
         _, catalog = self.catalog()
         debug = debug_info(environ, params) if self.cfg["debug-package"] else None
-        return catalog.answer(Query.from_params(params.get), self.links(environ), debug)
+        return catalog.answer(Query.from_params(params.get), self.links(environ), debug, request)
 
 
 def request_host(env: Mapping[str, str]) -> str:
@@ -409,8 +411,10 @@ class CatalogFront:
     """WSGI front: a NAS's catalog request is answered here, without bottle's request parsing and routing.
 
     Dozens of NAS boxes ask the same few questions; the answer comes from the catalog's memo, whose key is
-    made of the parsed inputs the answer depends on (Query and Links), bounded in bytes. Anything else, and
-    a HEAD, goes to bottle, whose "/" route gives the same answer through the same Server.nas_answer.
+    made of the parsed inputs the answer depends on (Query and Links), bounded in bytes. A request seen
+    before, as the same strings (query, POST form, Host, scheme, server address: all that the parsing reads),
+    is not parsed again: the catalog remembers which memo entry its parsing named (Catalog.remembered). Anything
+    else, and a HEAD, goes to bottle, whose "/" route gives the same answer through the same Server.nas_answer.
     """
 
     def __init__(self, app: bottle.Bottle, server: Server):
@@ -418,14 +422,30 @@ class CatalogFront:
         self.server = server
 
     def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO") == "/" and environ.get("REQUEST_METHOD") in ("GET", "POST"):
-            params = request_params(environ)
-            if is_nas_request(params.get):
-                body = self.server.nas_answer(environ, params)
+        method = environ.get("REQUEST_METHOD")
+        if environ.get("PATH_INFO") == "/" and method in ("GET", "POST"):
+            body = self.nas_body(environ, method == "POST")
+            if body is not None:
                 start_response("200 OK", [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
                                           ("Access-Control-Allow-Origin", "*")])
                 return [body]
         return self.app(environ, start_response)
+
+    def nas_body(self, environ: Dict[str, Any], post: bool) -> Optional[bytes]:
+        """The answer to a NAS's catalog request; None when the request is not one."""
+        form = ""
+        if post:
+            form = environ[FORM_KEY] = form_body(environ).decode("latin-1")  # the access log shows it too
+        query, host = environ.get("QUERY_STRING", ""), environ.get("HTTP_HOST", "")
+        request: Optional[Tuple[str, ...]] = None
+        if len(query) <= MAX_REMEMBERED_QUERY and len(form) <= MAX_REMEMBERED_QUERY and len(host) <= MAX_HOST:
+            request = (query, form, host, environ.get("wsgi.url_scheme", ""), environ.get("SERVER_NAME", ""),
+                       environ.get("SERVER_PORT", ""))
+            body = self.server.catalog()[1].remembered(request)
+            if body is not None:
+                return body
+        params = request_params(environ)  # the form again: form_body left it readable
+        return self.server.nas_answer(environ, params, request) if is_nas_request(params.get) else None
 
 
 def nas_response(body: bytes) -> bottle.HTTPResponse:

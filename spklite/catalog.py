@@ -26,6 +26,9 @@ DEFAULT_FIELDS = ("maintainer", "maintainer_url", "distributor", "distributor_ur
 OPTIONAL_BOOLS = ("silent_install", "silent_upgrade", "silent_uninstall")
 MEMO_ENTRIES = 256
 MEMO_BYTES = 8 << 20  # a 1,000-package answer is ~60 KB: memory stays bounded on a small device
+# Requests as received, each naming its memo entry (see Catalog.remembered): ~200 characters each.
+SEEN_ENTRIES = 1024
+SEEN_CHARS = 256 << 10
 
 
 def is_beta(info: Mapping[str, str]) -> bool:
@@ -183,11 +186,18 @@ class Catalog:
         self._memo: "OrderedDict[tuple, bytes]" = OrderedDict()
         self._memo_bytes = 0
         self._memo_lock = threading.Lock()
+        self._seen: "OrderedDict[Tuple[str, ...], tuple]" = OrderedDict()  # request as received -> memo key
+        self._seen_chars = 0
 
     # -- the NAS answer --------------------------------------------------------
 
-    def answer(self, query: Query, links: Links, debug: Optional[Dict[str, str]] = None) -> bytes:
-        """The JSON body for a catalog request, memoised per (query, links)."""
+    def answer(self, query: Query, links: Links, debug: Optional[Dict[str, str]] = None,
+               request: Optional[Tuple[str, ...]] = None) -> bytes:
+        """The JSON body for a catalog request, memoised per (query, links).
+
+        `request`: the request's inputs as received (strings) from which query and links were parsed; it is
+        remembered as naming this memo entry, so that the same request is answered by `remembered`.
+        """
         if debug is not None:
             return self._render(query, links, debug)
         # The key holds only what changes the answer, so that distinct but equivalent questions (any build
@@ -209,7 +219,24 @@ class Catalog:
                 self._memo_bytes += len(body)
                 while self._memo and (len(self._memo) > MEMO_ENTRIES or self._memo_bytes > MEMO_BYTES):
                     self._memo_bytes -= len(self._memo.popitem(last=False)[1])
+        if request is not None and request not in self._seen:
+            self._remember(request, key)
         return body
+
+    def _remember(self, request: Tuple[str, ...], key: tuple) -> None:
+        with self._memo_lock:
+            if request not in self._seen:  # counted once, whichever thread comes first
+                self._seen[request] = key
+                self._seen_chars += sum(map(len, request))
+                while len(self._seen) > SEEN_ENTRIES or self._seen_chars > SEEN_CHARS:
+                    self._seen_chars -= sum(map(len, self._seen.popitem(last=False)[0]))
+
+    def remembered(self, request: Tuple[str, ...]) -> Optional[bytes]:
+        """The memoised answer to a request seen before as exactly these inputs (None: parse it). It is the
+        memo's own entry, the one the parsed inputs name: the memo's bound holds, and when the memo has let
+        the answer go, so has this."""
+        key = self._seen.get(request)
+        return None if key is None else self._memo.get(key)
 
     def _render(self, query: Query, links: Links, debug: Optional[Dict[str, str]]) -> bytes:
         if query.build is None:
