@@ -35,10 +35,15 @@ else
   once = nil
 end
 local requests = {}
-for i, path in ipairs(paths) do
-  requests[i] = wrk.format(method, path, headers, body)
-end
 local n = 0
+
+-- Made in init: only then does wrk know the Host header, which wrk.format adds (HTTP/1.1 requires it; Go's
+-- server answers 400 without it).
+function init(args)
+  for i, path in ipairs(paths) do
+    requests[i] = wrk.format(method, path, headers, body)
+  end
+end
 
 function request()
   n = n % #requests + 1

@@ -56,6 +56,16 @@ PROFILES = [
 ]
 
 
+# gosspks (not vendored: built from its source for the measurement) beside spklite on this machine, by
+# bench/gosspks.py with the bench's corpus; see bench/gosspks.md for the date, the method and the full table.
+GOSSPKS_MEASURED = "2026-12-05"
+GOSSPKS = {  # N: (catalog DSM 7 GET req/s with 16 clients, warm start s, RSS after start MiB)
+    100: (4177, 0.051, 15.9),
+    1000: (1575, 0.337, 19.6),
+    10000: (156, 1.744, 50.9),
+}
+
+
 @dataclass
 class Row:
     figure: str
@@ -103,6 +113,7 @@ class Bench:
         self.profiles: List[str] = []
         self.procs: List[Process] = []
         self.misses: List[str] = []
+        self.ours: Dict[str, float] = {}  # figures shown beside gosspks' (GOSSPKS)
         self.log_dir = work / "logs"
         self.log_dir.mkdir()
         self.settings = waitress_settings()
@@ -158,29 +169,42 @@ class Bench:
         proc.start().wait_answer("/", timeout=30)
         return proc
 
+    def plain_floor(self, body: bytes) -> Process:
+        """The raw server: a plain WSGI function answering `body` with spklite's headers."""
+        port = drive.free_port()
+        answer = self.log_dir / f"answer-{port}.json"
+        answer.write_bytes(body)
+        argv = [sys.executable, str(HERE / "floor.py"), str(port), json.dumps(self.settings), "--wsgi", str(answer)]
+        proc = Process(f"plain-{port}", argv, self.log_dir / f"plain-{port}.log", port, self.env)
+        self.procs.append(proc)
+        proc.start().wait_answer("/", timeout=30)
+        return proc
+
     def pairs(self, label: str, ours: Process, floor: Process, **request: Any
               ) -> Tuple[Dict[str, float], Dict[str, float]]:
-        return self.interleaved([(label, ours, floor, request)])[label]
+        got, refs = self.interleaved([(label, ours, [floor], request)])[label]
+        return got, refs[0]
 
-    def interleaved(self, jobs: Sequence[Tuple[str, Process, Process, Dict[str, Any]]]
-                    ) -> Dict[str, Tuple[Dict[str, float], Dict[str, float]]]:
-        """Rounds of runs, spklite then its floor for each job, so that drift and other load on the
-        machine hit both alike; per job the medians (spklite, floor)."""
+    def interleaved(self, jobs: Sequence[Tuple[str, Process, Sequence[Process], Dict[str, Any]]]
+                    ) -> Dict[str, Tuple[Dict[str, float], List[Dict[str, float]]]]:
+        """Rounds of runs, spklite then its references (floors) for each job, so that drift and other load
+        on the machine hit all alike; per job the medians (spklite, [each reference])."""
         seconds = self.args.seconds
-        for _, ours, floor, request in jobs:  # warm up: memo, caches, connections
-            for proc in (ours, floor):
+        for _, ours, refs, request in jobs:  # warm up: memo, caches, connections
+            for proc in (ours, *refs):
                 load(proc.port, seconds=1, **request)
-        runs: Dict[str, Tuple[List[Dict[str, float]], List[Dict[str, float]]]] = {job[0]: ([], []) for job in jobs}
+        runs: Dict[str, List[List[Dict[str, float]]]] = {job[0]: [[] for _ in range(1 + len(job[2]))] for job in jobs}
         for _ in range(self.args.runs):
-            for label, ours, floor, request in jobs:
-                runs[label][0].append(self.measured(ours, seconds, request))
-                runs[label][1].append(self.measured(floor, seconds, request))
+            for label, ours, refs, request in jobs:
+                for i, proc in enumerate((ours, *refs)):
+                    runs[label][i].append(self.measured(proc, seconds, request))
         result = {}
-        for label, (a, b) in runs.items():
-            got, ref = median_of(a), median_of(b)
-            if got["errors"] or ref["errors"]:
-                self.notes.append(f"{label}: {got['errors']:.0f} errors (spklite), {ref['errors']:.0f} (floor)")
-            result[label] = (got, ref)
+        for label, measured in runs.items():
+            got, *refs = [median_of(m) for m in measured]
+            if got["errors"] or any(ref["errors"] for ref in refs):
+                self.notes.append(f"{label}: {got['errors']:.0f} errors (spklite), "
+                                  f"{', '.join(str(round(ref['errors'])) for ref in refs)} (references)")
+            result[label] = (got, refs)
         return result
 
     @staticmethod
@@ -265,6 +289,7 @@ class Bench:
             correct = "" if not wrong else f" ({wrong} WRONG answers)"
             judged = n == 1000
             t_cold, t_warm, rss = median(f"cold {n}", 0), median(f"warm {n}", 0), median(f"warm {n}", 2)
+            self.ours.update({f"warm {n}": t_warm, f"rss {n}": rss})
             self.add(f"S2 cold start (no snapshot), N={n}", ms(t_cold) + correct, f"empty {ms(t_empty)}",
                      t_cold / t_empty, "≤ 600 ms" if judged else "—",
                      t_cold <= 0.6 and not wrong if judged else None, key="cold" if judged else "")
@@ -378,7 +403,9 @@ class Bench:
 
     # -- issue 4: catalog throughput -------------------------------------------------------------------
 
-    def throughput(self, s100: Process, s1000: Process) -> Dict[str, Process]:
+    def throughput(self, s100: Process, s1000: Process, quiet: Process) -> Dict[str, Process]:
+        """Catalog req/s against the Bottle floor and, for the four cases of issue 12.4, against the raw server
+        (a plain WSGI function answering the same bytes); `quiet` is the N=1000 server without its access log."""
         cases: List[Tuple[str, Process, Dict[str, Any]]] = [
             ("DSM 7 GET, N=100", s100, {"paths": [DSM7]}),
             ("DSM 7 GET, N=1000", s1000, {"paths": [DSM7]}),
@@ -387,7 +414,8 @@ class Bench:
             ("16 NAS profiles round-robin, N=1000", s1000, {"paths": PROFILES}),
         ]
         floors: Dict[int, Process] = {}
-        jobs, sizes_of = [], {}
+        jobs: List[Tuple[str, Process, List[Process], Dict[str, Any]]] = []
+        sizes_of, plain = {}, []
         for label, proc, request in cases:
             sizes = []
             for path in request["paths"]:
@@ -398,10 +426,20 @@ class Bench:
             size = round(statistics.mean(sizes))
             if size not in floors:
                 floors[size] = self.floor(size)
-            jobs.append((label, proc, floors[size], dict(request, conns=16)))
+            refs = [floors[size]]
+            if "round-robin" not in label:  # issue 12.4: the raw server, answering exactly these bytes
+                refs.append(self.plain_floor(body))
+                plain.append(refs[-1])
+            jobs.append((label, proc, refs, dict(request, conns=16)))
+            if proc is s1000 and "round-robin" not in label:  # like with like: no access log either
+                jobs.append((f"{label}, access log off", quiet, refs[1:], dict(request, conns=16)))
             sizes_of[label] = size
         self.say(f"catalog throughput: {len(jobs)} cases × {self.args.runs} rounds")
         got = self.interleaved(jobs)
+        raw = {label: (ours, refs[-1]) for label, (ours, refs) in got.items() if len(refs) == 2 or "log off" in label}
+        got = {label: (ours, refs[0]) for label, (ours, refs) in got.items() if "log off" not in label}
+        for proc in plain:
+            proc.stop()
         for label, (ours, ref) in got.items():
             size = sizes_of[label]
             ratio = ours["rps"] / ref["rps"]
@@ -415,6 +453,15 @@ class Bench:
                      ours["p99"] / ref["p99"])
             self.add(f"{number} catalog {label}: server CPU per request", f"{ours['cpu_ms'] * 1000:.0f} µs",
                      f"floor {ref['cpu_ms'] * 1000:.0f} µs", ours["cpu_ms"] / ref["cpu_ms"])
+        for label, (ours, ref) in raw.items():
+            ratio = ours["rps"] / ref["rps"]
+            off = "log off" in label
+            self.add(f"7 catalog {label}, 16 clients: req/s vs the raw server (plain WSGI, same bytes)",
+                     f"{ours['rps']:.0f}/s", f"plain WSGI {ref['rps']:.0f}/s", ratio, "≥ 0.95 × plain WSGI",
+                     check(ratio, 0.95, True), key="" if off else f"raw {label}")
+            self.add(f"7 catalog {label}: server CPU per request vs the raw server", f"{ours['cpu_ms'] * 1000:.0f} µs",
+                     f"plain WSGI {ref['cpu_ms'] * 1000:.0f} µs", ours["cpu_ms"] / ref["cpu_ms"])
+        self.ours.update({f"rps {n}": got[f"DSM 7 GET, N={n}"][0]["rps"] for n in (100, 1000)})
         for kind in ("DSM 7 GET", "DSM 6 POST"):
             small, large = got[f"{kind}, N=100"][0]["rps"], got[f"{kind}, N=1000"][0]["rps"]
             self.add(f"1 {kind}: N=1000 vs N=100", f"{large:.0f}/s", f"N=100 {small:.0f}/s", large / small,
@@ -479,6 +526,9 @@ class Bench:
             self.add(f"1 {kind}, N=1000: Python time of one request in-process (WSGI call, no network)",
                      f"{got['spklite_us']:.0f} µs", f"floor route {got['floor_us']:.0f} µs",
                      got["spklite_us"] / got["floor_us"])
+            self.add(f"7 {kind}, N=1000: the same without the access log, vs a plain WSGI function",
+                     f"{got['no_log_us']:.1f} µs", f"plain WSGI {got['plain_us']:.1f} µs",
+                     got["no_log_us"] / got["plain_us"])
         if any(m.startswith("catalog") for m in self.misses) or self.args.profile == "always":
             lines = ["\n#### profile: one DSM 7 GET catalog request in-process, N=1000 (cProfile, 3,000 calls)\n",
                      "cProfile inflates functions that are called often; the shares still rank the costs.\n",
@@ -758,6 +808,20 @@ class Bench:
                      p95 <= 0.3 if judged else None, key=f"visibility {n}")
             proc.stop()
 
+    def beside_gosspks(self) -> None:
+        """This run's figures beside gosspks' recorded ones (GOSSPKS: same machine, another run)."""
+        for key, label, unit, index in (("rps", "catalog DSM 7 GET, 16 clients", "/s", 0),
+                                        ("warm", "warm start to the first answer", "ms", 1),
+                                        ("rss", "RSS after start", "MiB", 2)):
+            for n, figures in GOSSPKS.items():
+                if f"{key} {n}" not in self.ours:
+                    continue
+                ours, theirs = self.ours[f"{key} {n}"], figures[index]
+                shown = [f"{v * 1000:.0f} ms" if unit == "ms" else f"{v:.1f} MiB" if unit == "MiB" else f"{v:.0f}/s"
+                         for v in (ours, theirs)]
+                self.add(f"8 {label}, N={n}, beside gosspks", shown[0],
+                         f"gosspks {shown[1]} (bench/gosspks.md, {GOSSPKS_MEASURED})", ours / theirs)
+
     # -- profiles of start-up ----------------------------------------------------------------------------
 
     def profile_start(self, folder: Path, home: Path, kind: str) -> None:
@@ -836,7 +900,9 @@ class Bench:
                 f"{self.args.runs} runs × {self.args.seconds} s per figure (medians), load by "
                 f"{'wrk' if drive.have_wrk() else 'a Python client (no wrk)'}, total {seconds:.0f} s; "
                 f"load average before {self.load_before}, after {os.getloadavg()[0]:.1f}\n\n"
-                "Figures S1–S6: issue 3 (the live index); 1–6: issue 4's figures. Ratio = spklite / reference.\n")
+                "Figures S1–S6: issue 3 (the live index); 1–6: issue 4's figures; 7: issue 12.4 (against the raw "
+                "server: a plain WSGI function answering the same bytes); 8: issue 12.5 (beside gosspks). "
+                "Ratio = spklite / reference.\n")
         notes = "".join(f"- {n}\n" for n in self.notes)
         return head + "\n" + "\n".join(lines) + "\n\n" + notes + "".join(self.profiles)
 
@@ -988,11 +1054,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bench.pyz_startups(folders["100"])
         s1000 = bench.spklite("server-1000", folders["1000"], work / "home-1000").start()
         s100 = bench.spklite("server-100", folders["100"], work / "home-100").start()
-        for proc in (s1000, s100):
+        quiet = bench.spklite("server-1000-quiet", folders["1000"], work / "home-1000-quiet", "--log-level",
+                              "warning").start()  # access lines are at info
+        for proc in (s1000, s100, quiet):
             proc.wait_answer(DSM7)
             proc.settle()
         time.sleep(0.3)
-        floors = bench.throughput(s100, s1000)
+        floors = bench.throughput(s100, s1000, quiet)
+        quiet.stop()
         rss_load = s1000.rss_mb()
         bench.app_cost(work / "home-1000", folders["1000"])
         bench.gzip_catalog(s1000)
@@ -1024,6 +1093,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sizes = [int(n) for n in args.sizes.split(",") if n.strip()]
         if sizes:
             bench.scaling(sizes)
+        bench.beside_gosspks()
         if args.profile != "never":
             if "rss" in bench.misses or "rss load" in bench.misses or args.profile == "always":
                 bench.memory_notes()

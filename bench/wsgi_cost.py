@@ -1,5 +1,6 @@
 """The Python cost of one catalog request, without network or threads: spklite's WSGI app (built as
-`spklite serve` builds it, access log included) against the floor's Bottle route, called in-process.
+`spklite serve` builds it, access log included, and without it) against the floor's Bottle route and its
+plain WSGI function answering the same bytes, called in-process.
 
     wsgi_cost.py HOME PACKAGES CALLS     prints one JSON object (µs per call, cProfile of spklite's calls)
 
@@ -85,12 +86,15 @@ def main(argv: List[str]) -> int:
     index = open_index(cfg)
     index.load_snapshot()
     index.scan()
-    app = server.access_logged(make_app(cfg, index, config.keyring_texts(cfg)))
+    front = make_app(cfg, index, config.keyring_texts(cfg))
+    app = server.access_logged(front)
     out: Dict[str, Any] = {}
     for method in ("GET", "POST"):
         size = call(app, method)
         bare = floor.catalog_app(size)
+        plain = floor.plain_app(b"".join(front(environ(method), lambda *_: None)))
         out[method] = {"spklite_us": per_call_us(app, method, calls), "floor_us": per_call_us(bare, method, calls),
+                       "no_log_us": per_call_us(front, method, calls), "plain_us": per_call_us(plain, method, calls),
                        "bytes": size}
     out["profile"] = profile(app, "GET", calls)
     print(json.dumps(out))

@@ -138,9 +138,11 @@ class Server:
         return Links(f"{scheme}://{host}{prefix}", self.cfg["router.download"], self.cfg["router.static"],
                      DEFAULT_ICON, self.cfg["router.download-url"], self.cfg["router.static-url"])
 
-    def nas_answer(self, environ: Mapping[str, Any], params: Mapping[str, str]) -> Tuple[bytes, bool]:
+    def nas_answer(self, environ: Mapping[str, Any], params: Mapping[str, str],
+                   request: Optional[Tuple[str, ...]] = None) -> Tuple[bytes, bool]:
         """The catalog answer for a NAS's parameters (memoised by the catalog on exactly what decides it), and
-        whether it is gzip-compressed (when the client accepts gzip)."""
+        whether it is gzip-compressed (when the client accepts gzip). `request`: the inputs as received that
+        params and links were parsed from (see CatalogFront)."""
         channel = channel_of(environ)
         _, catalog = self.catalog(channel)
         debug = debug_info(environ, params) if self.cfg["debug-package"] else None
@@ -148,7 +150,7 @@ class Server:
         query = query_of(channel, params.get)
         if self.metrics is not None:
             self.metrics.asked(query, memoised=debug is None)
-        return catalog.answer(query, self.links(environ), debug, gzip), gzip
+        return catalog.answer(query, self.links(environ), debug, gzip, request), gzip
 
 
 def channel_of(environ: Mapping[str, Any]) -> Channel:
@@ -513,8 +515,11 @@ class CatalogFront:
     """WSGI front: a NAS's catalog request is answered here, without bottle's request parsing and routing.
 
     Dozens of NAS boxes ask the same few questions; the answer comes from the catalog's memo, whose key is
-    made of the parsed inputs the answer depends on (Query and Links), bounded in bytes. Anything else, and
-    a HEAD, goes to bottle, whose "/" route gives the same answer through the same Server.nas_answer.
+    made of the parsed inputs the answer depends on (Query and Links), bounded in bytes. A request seen
+    before, as the same strings (query, POST form, Host, Accept-Encoding, scheme, server address, channel
+    prefix: all that the parsing reads),
+    is not parsed again: the catalog remembers which memo entry its parsing named (Catalog.remembered). Anything
+    else, and a HEAD, goes to bottle, whose "/" route gives the same answer through the same Server.nas_answer.
     """
 
     def __init__(self, app: bottle.Bottle, server: Server):
@@ -529,10 +534,11 @@ class CatalogFront:
                 status, headers, body = refused
                 start_response(status, [*headers, ("Content-Length", str(len(body)))])
                 return [body]
-        if environ.get("PATH_INFO") == "/" and environ.get("REQUEST_METHOD") in ("GET", "POST"):
-            params = request_params(environ)
-            if is_nas_request(params.get):
-                body, gzip = self.server.nas_answer(environ, params)
+        method = environ.get("REQUEST_METHOD")
+        if environ.get("PATH_INFO") == "/" and method in ("GET", "POST"):
+            answer = self.nas_body(environ, method == "POST")
+            if answer is not None:
+                body, gzip = answer
                 start_response("200 OK", [*catalog_headers(body, gzip), ("Access-Control-Allow-Origin", "*")])
                 if self.server.metrics is not None:
                     self.server.metrics.catalog_sent(len(body))
@@ -563,6 +569,27 @@ class CatalogFront:
         environ["PATH_INFO"] = rest
         environ[ENVIRON_KEY] = channel
         return None
+
+    def nas_body(self, environ: Dict[str, Any], post: bool) -> Optional[Tuple[bytes, bool]]:
+        """The answer to a NAS's catalog request and whether it is gzipped; None when the request is not one."""
+        form = ""
+        if post:
+            form = environ[FORM_KEY] = form_body(environ).decode("latin-1")  # the access log shows it too
+        query, host = environ.get("QUERY_STRING", ""), environ.get("HTTP_HOST", "")
+        encodings = environ.get("HTTP_ACCEPT_ENCODING", "")
+        request: Optional[Tuple[str, ...]] = None
+        if max(len(query), len(form), len(encodings)) <= MAX_REMEMBERED_QUERY and len(host) <= MAX_HOST:
+            # SCRIPT_NAME: the channel's prefix (its links, its beta flag)
+            request = (query, form, host, encodings, environ.get("wsgi.url_scheme", ""),
+                       environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", ""), environ.get("SCRIPT_NAME", ""))
+            remembered = self.server.catalog(channel_of(environ))[1].remembered(request)
+            if remembered is not None:
+                body, gzip, asked = remembered
+                if self.server.metrics is not None:
+                    self.server.metrics.asked(asked, memoised=True)
+                return body, gzip
+        params = request_params(environ)  # the form again: form_body left it readable
+        return self.server.nas_answer(environ, params, request) if is_nas_request(params.get) else None
 
 
 def nas_response(body: bytes, gzip: bool) -> bottle.HTTPResponse:

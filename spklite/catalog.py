@@ -29,6 +29,9 @@ MEMO_ENTRIES = 256
 EDITED = 256  # files changed up to which a state's catalog is the previous one edited (see Catalog._edit)
 MEMO_BYTES = 2 << 20  # a 1,000-package answer is ~60 KB: memory stays bounded on a small device (issue 12)
 GZIP_LEVEL = 6  # zlib's default
+# Requests as received, each naming its memo entry (see Catalog.remembered): ~200 characters each.
+SEEN_ENTRIES = 1024
+SEEN_CHARS = 256 << 10
 
 
 def is_beta(info: Mapping[str, str]) -> bool:
@@ -205,6 +208,8 @@ class Catalog:
         self._memo: "OrderedDict[tuple, bytes]" = OrderedDict()
         self._memo_bytes = 0
         self._memo_lock = threading.Lock()
+        self._seen: "OrderedDict[Tuple[str, ...], Tuple[tuple, Query]]" = OrderedDict()  # see remembered
+        self._seen_chars = 0
 
     def _build(self, offers: List[Offer]) -> None:
         self.offers: List[Offer] = sorted(offers, key=lambda o: (o.package, o.record.path))
@@ -247,9 +252,14 @@ class Catalog:
 
     # -- the NAS answer --------------------------------------------------------
 
-    def answer(self, query: Query, links: Links, debug: Optional[Dict[str, str]] = None, gzip: bool = False) -> bytes:
+    def answer(self, query: Query, links: Links, debug: Optional[Dict[str, str]] = None, gzip: bool = False,
+               request: Optional[Tuple[str, ...]] = None) -> bytes:
         """The JSON body for a catalog request, memoised per (query, links); with `gzip`, compressed, and
-        memoised so (compression is paid once per index state and question)."""
+        memoised so (compression is paid once per index state and question).
+
+        `request`: the request's inputs as received (strings) from which query, links and gzip were parsed; it
+        is remembered as naming this memo entry, so that the same request is answered by `remembered`.
+        """
         if debug is not None:
             plain = self._render(query, links, debug)
             return gzipped(plain) if gzip else plain
@@ -274,7 +284,28 @@ class Catalog:
                 self._memo_bytes += len(body)
                 while self._memo and (len(self._memo) > MEMO_ENTRIES or self._memo_bytes > MEMO_BYTES):
                     self._memo_bytes -= len(self._memo.popitem(last=False)[1])
+        if request is not None and request not in self._seen:
+            self._remember(request, key, query)
         return body
+
+    def _remember(self, request: Tuple[str, ...], key: tuple, query: Query) -> None:
+        with self._memo_lock:
+            if request not in self._seen:  # counted once, whichever thread comes first
+                self._seen[request] = (key, query)
+                self._seen_chars += sum(map(len, request))
+                while len(self._seen) > SEEN_ENTRIES or self._seen_chars > SEEN_CHARS:
+                    self._seen_chars -= sum(map(len, self._seen.popitem(last=False)[0]))
+
+    def remembered(self, request: Tuple[str, ...]) -> Optional[Tuple[bytes, bool, Query]]:
+        """The memoised answer to a request seen before as exactly these inputs, whether it is gzipped, and the
+        query it was parsed into (None: parse it). It is the memo's own entry, the one the parsed inputs name:
+        the memo's bound holds, and when the memo has let the answer go, so has this."""
+        seen = self._seen.get(request)
+        if seen is None:
+            return None
+        key, query = seen
+        body = self._memo.get(key)
+        return None if body is None else (body, key[-1], query)
 
     def _render(self, query: Query, links: Links, debug: Optional[Dict[str, str]]) -> bytes:
         if query.build is None:
