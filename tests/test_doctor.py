@@ -11,15 +11,14 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from conftest import TESTS, free_port, wait_for
+from loopback import LoopbackServer, QuietHandler
 from spkbuilder import build_spk
 
 from spklite.doctor import own_url
@@ -151,7 +150,7 @@ def test_a_url_that_is_not_a_source_is_refused_in_one_line(url: str) -> None:
 # Crafted sources #############################################################################################
 
 
-class CraftedSource:
+class CraftedSource(LoopbackServer):
     """A stdlib HTTP(S) server on 127.0.0.1: `/` answers `catalog(build)`, `files` maps paths to bytes (anything
     else is a 404), the paths in `trickle` are sent a byte at a time; every request is recorded as (method, path,
     query or form)."""
@@ -161,19 +160,12 @@ class CraftedSource:
         self.trickle: List[str] = []
         self.catalog: Callable[[int], bytes] = lambda build: b"[]"
         self.requests: List[Tuple[str, str, str]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        super().__init__(self.handler(), tls)
 
     def handler(self) -> type:
         source = self
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 10
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 self.answer(True)
 
@@ -202,15 +194,7 @@ class CraftedSource:
                 elif with_body:
                     self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
         return Handler
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
 
     def offer(self, name: str, data: bytes, **fields: Any) -> Dict[str, Any]:
         """A correct catalog entry for a file served at /f/<name> (`fields` override it)."""

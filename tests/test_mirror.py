@@ -11,15 +11,14 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from conftest import TESTS, free_port, wait_for
+from loopback import LoopbackServer, QuietHandler
 from spkbuilder import build_spk
 
 from spklite.index import Index
@@ -171,7 +170,7 @@ def test_usage_errors_exit_2_in_one_line(upstream: Any, tmp_path: Path) -> None:
 # A crafted source ############################################################################################
 
 
-class Source:
+class Source(LoopbackServer):
     """A stdlib HTTP server on 127.0.0.1: `/` answers `catalog(build)`; `files` maps paths to bytes, served with
     an ETag and single-range support; `moved` maps paths to a redirect's Location; a path in `cut` gets half its
     bytes and a closed connection, once; every request is recorded as (method, path, headers)."""
@@ -182,17 +181,12 @@ class Source:
         self.cut: List[str] = []
         self.catalog: Callable[[int], bytes] = lambda build: b'{"packages": []}'
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        super().__init__(self.handler())
 
     def handler(self) -> type:
         source = self
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 10
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 path, _, query = self.path.partition("?")
                 source.requests.append(("GET", path, {k.lower(): v for k, v in self.headers.items()}))
@@ -229,15 +223,7 @@ class Source:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
         return Handler
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
 
     def offer(self, path: str, data: bytes, **fields: Any) -> Dict[str, Any]:
         """A DSM 7 catalog entry for `data` served at `path` (`fields` override it)."""
