@@ -5,7 +5,7 @@
 
 `/` (GET and POST) is a minimal Bottle route returning a constant JSON body of SIZE bytes; any other
 path is a bare WSGI app returning FILE through wsgi.file_wrapper. With --wsgi, every request gets the
-bytes of BODY_FILE (spklite's own answer) with spklite's headers from a plain WSGI function: the raw
+bytes of BODY_FILE (spklite's own answer, gzip's too) with spklite's headers from a plain WSGI function: the raw
 server, no framework. waitress runs with SETTINGS_JSON, spklite's own waitress settings (threads,
 connection limit, timeouts), so only the application differs. Only bottle and waitress are imported, so
 the process's memory is the stack's own.
@@ -48,7 +48,9 @@ def file_app(path: str) -> Callable[..., Iterable[bytes]]:
 def plain_app(body: bytes) -> Callable[..., Iterable[bytes]]:
     """The same bytes and headers as spklite's catalog answer, from a plain WSGI function."""
     headers = [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(body))),
-               ("Access-Control-Allow-Origin", "*")]
+               ("Vary", "Accept-Encoding"), ("Access-Control-Allow-Origin", "*")]
+    if body.startswith(b"\x1f\x8b"):  # a gzip answer's
+        headers.insert(3, ("Content-Encoding", "gzip"))
 
     def app(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ["REQUEST_METHOD"] == "POST":  # read the form, as any server of a POST does

@@ -411,6 +411,7 @@ class Bench:
             ("DSM 7 GET, N=1000", s1000, {"paths": [DSM7]}),
             ("DSM 6 POST, N=100", s100, {"paths": ["/"], "method": "POST", "body": DSM6_BODY}),
             ("DSM 6 POST, N=1000", s1000, {"paths": ["/"], "method": "POST", "body": DSM6_BODY}),
+            ("DSM 7 GET gzip, N=1000", s1000, {"paths": [DSM7], "header": "Accept-Encoding: gzip"}),
             ("16 NAS profiles round-robin, N=1000", s1000, {"paths": PROFILES}),
         ]
         floors: Dict[int, Process] = {}
@@ -419,8 +420,10 @@ class Bench:
         for label, proc, request in cases:
             sizes = []
             for path in request["paths"]:
-                status, body = fetch(proc.port, path, request.get("method", "GET"), request.get("body"))
-                if status != 200 or not json.loads(body)["packages"]:
+                gz = "header" in request
+                status, body = fetch(proc.port, path, request.get("method", "GET"), request.get("body"),
+                                     {"Accept-Encoding": "gzip"} if gz else None)
+                if status != 200 or not json.loads(gzip.decompress(body) if gz else body)["packages"]:
                     raise RuntimeError(f"{label}: {status} {body[:200]!r}")
                 sizes.append(len(body))
             size = round(statistics.mean(sizes))
