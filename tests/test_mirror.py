@@ -46,7 +46,11 @@ def md5(path: Path) -> str:
 
 
 def downloads(server: Any) -> List[str]:
-    """The download requests a spklite process has logged."""
+    """The download requests a spklite process has logged: all of them, as its log thread writes lines in order
+    and the line of a request made now is waited for."""
+    mark = f"mark={time.monotonic_ns()}"
+    assert server.get(f"/about?{mark}")[0] == 200
+    assert wait_for(lambda: mark in server.output())
     return [line for line in server.output().splitlines() if '"GET /download/' in line]
 
 
