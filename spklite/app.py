@@ -395,6 +395,10 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
     def health() -> Any:
         state = server.index.current
         problems = server.index.problems()
+        # The paths of another channel's secret folder are not for this prefix's visitors (its status is).
+        asked = channel_of(bottle.request.environ).folder
+        hidden = {c.folder for c in server.channels.all if c.secret and c.folder != asked}
+        shown = server.index.problems(lambda key: server.channels.folder_of(key) not in hidden) if hidden else problems
         body: Dict[str, Any] = {
             "status": "degraded" if problems else "ok", "packages": len(state.records),
             "rejected": len(state.rejected),
@@ -404,8 +408,10 @@ def make_app(cfg: Mapping[str, Any], index: Index, keyrings: Optional[List[str]]
             "folder_available": os.path.isdir(server.index.root) and "" not in server.index.unreadable,
             "channels": [c["prefix"] for c in server.channels.public()],
         }
-        if problems:
-            body["problems"] = [{"path": path, "reason": why} for path, why in problems.items()]
+        if shown:
+            body["problems"] = [{"path": path, "reason": why} for path, why in shown.items()]
+        if len(shown) < len(problems):
+            body["problems_in_secret_channels"] = len(problems) - len(shown)
         if server.index.cache_error:
             body["cache_error"] = server.index.cache_error
         return json_response(body)

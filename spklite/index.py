@@ -23,7 +23,21 @@ from spklite import __version__, spk
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
-    from typing import IO, Any, Container, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, Union
+    from typing import (
+        IO,
+        Any,
+        Callable,
+        Container,
+        Dict,
+        Iterable,
+        Iterator,
+        List,
+        Mapping,
+        Optional,
+        Set,
+        Tuple,
+        Union,
+    )
 
     Signature = Tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
 
@@ -330,14 +344,17 @@ class Index:
         """
         return self.update([rel]).records.get(rel)
 
-    def problems(self) -> Dict[str, str]:
-        """What keeps the server from seeing the whole folder: {printable path: why}. Empty when all is well."""
+    def problems(self, shown: Callable[[str], bool] = lambda key: True) -> Dict[str, str]:
+        """What keeps the server from seeing the whole folder: {printable path: why}. Empty when all is well.
+
+        `shown` picks by index key (a folder's ends in "/"): what one channel's visitors may see.
+        """
         if not os.path.isdir(self.root):
             return {printable(self.root): "packages folder does not exist or is not a folder"}
         found = {printable(os.path.join(self.root, rel) if rel else self.root): why
-                 for rel, why in self.unreadable.items()}
+                 for rel, why in self.unreadable.items() if shown(rel + "/")}
         found.update((printable(os.path.join(self.root, rel)), r.reason) for rel, r in self.current.rejected.items()
-                     if r.reason.startswith(spk.UNREADABLE))
+                     if r.reason.startswith(spk.UNREADABLE) and shown(rel))
         return found
 
     def remove_tree(self, prefix: str) -> State:

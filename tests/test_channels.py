@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
-from conftest import wait_for
+from conftest import lock, unlock, wait_for
 from spkbuilder import build_broken, build_spk
 
 from spklite import publish
@@ -168,6 +169,31 @@ def test_a_secret_prefix_serves_its_folder_and_nothing_tells_its_token(tmp_path:
     log = server.output()
     assert f"/s/{TOKEN}" not in log and f"/s/{wrong}" not in log  # the access log masks tokens, wrong ones too
     assert '"GET /s/***/?arch=x86_64' in log
+
+
+def test_health_keeps_a_secret_folders_problems_to_its_prefix(tmp_path: Path, run_limited: Any) -> None:
+    """/health names unreadable files and folders; those of a secret channel's folder only at its own prefix
+    (the folder's and files' names are the private source's), while the status tells the operator everywhere."""
+    server, folder = serving(tmp_path, run_limited)
+    locked, sub = tmp_path / "locked.spk", folder / "private" / "sub"
+    build_spk(locked, {"package": "locked", "version": "1.0-1", "arch": "noarch"})
+    sub.mkdir()
+    build_spk(sub / "inside.spk", {"package": "inside", "version": "1.0-1", "arch": "noarch"})
+    lock(locked)
+    lock(sub)
+    try:
+        locked.rename(folder / "private" / "locked.spk")  # arrives unreadable
+        server.proc.send_signal(signal.SIGHUP)  # the re-scan meets the locked folder
+        paths = {str(folder / "private" / "locked.spk"), str(sub)}
+        assert wait_for(lambda: {p["path"] for p in server.json(f"/s/{TOKEN}/health").get("problems", [])} == paths)
+        for prefix in ("", "/testing", "/beta"):
+            health = server.json(f"{prefix}/health")
+            assert health["status"] == "degraded" and health["problems_in_secret_channels"] == 2, prefix
+            assert "problems" not in health and "private" not in json.dumps(health), prefix
+        assert "problems_in_secret_channels" not in server.json(f"/s/{TOKEN}/health")
+    finally:
+        unlock(sub)
+        unlock(folder / "private" / "locked.spk")
 
 
 def test_a_file_dropped_into_a_channel_folder_shows_at_its_prefix_within_a_second(
