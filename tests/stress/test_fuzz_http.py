@@ -4,6 +4,7 @@ inside the packages folder are searched for in every answer)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import secrets
@@ -38,12 +39,14 @@ class Target:
         self, method: str, target: str, headers: Dict[str, str], body: bytes = b"", nas: bool = False
     ) -> Tuple[int, bytes]:
         request = build(method, target, headers, body)
-        status, _, answer = exchange(self.server.port, request)
+        status, answer_headers, answer = exchange(self.server.port, request)
         self.cases += 1
         what = f"{request[:300]!r}"
         assert status is not None, f"no answer to {what}"
         self.statuses[status] = self.statuses.get(status, 0) + 1
         assert status < 500, f"{status} for {what}: {answer[:300]!r}"
+        if answer_headers.get("content-encoding") == "gzip" and answer:  # asked for with Accept-Encoding
+            answer = gzip.decompress(answer)
         for secret in self.secrets:
             assert secret not in answer, f"secret {secret!r} leaked by {what}"
         if nas:
