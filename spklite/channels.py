@@ -24,6 +24,7 @@ from spklite.config import (
     Refused,
     _storable,
     load_yaml,
+    overlap,
     parse_bool,
 )
 
@@ -52,11 +53,22 @@ class Channel(namedtuple("Channel", "prefix folder beta")):
 
     @property
     def shown(self) -> str:
-        """The prefix as a URL path ("/testing/"), a secret token masked: for logs and public places."""
-        return f"/{SECRET}/***/" if self.secret else self.prefix + "/"
+        return shown_prefix(self.prefix)
 
 
 MAIN = Channel("", None, False)
+
+
+def shown_prefix(prefix: str) -> str:
+    """A prefix ("/testing", "/testing/") as a URL path ("/testing/"), a secret token masked: for logs and
+    public places."""
+    prefix = prefix.rstrip("/")
+    return f"/{SECRET}/***/" if prefix.startswith(f"/{SECRET}/") else prefix + "/"
+
+
+def under(path: str, prefix: str) -> bool:
+    """Whether a URL path is `prefix` or lies below it: "/beta" and "/beta/x", not "/betamax"."""
+    return path.startswith(prefix) and path[len(prefix):len(prefix) + 1] in ("", "/")
 
 
 def mask(path: str) -> str:
@@ -87,7 +99,7 @@ def parse(raw: Any) -> Dict[str, Dict[str, Any]]:
     channels: Dict[str, Dict[str, Any]] = {}
     for key, value in raw.items():
         prefix = parse_prefix(key)
-        shown = Channel(prefix, None, False).shown
+        shown = shown_prefix(prefix)
         if isinstance(value, str):
             value = {"folder": value}
         if not isinstance(value, dict) or set(value) - {"folder", "beta"} or "folder" not in value:
@@ -98,9 +110,9 @@ def parse(raw: Any) -> Dict[str, Dict[str, Any]]:
             raise Refused(f"'{shown}': beta is true or false") from None
         folder = parse_folder(value["folder"], shown)
         for other, spec in channels.items():
-            if spec["folder"] == folder or _nested(spec["folder"], folder):
+            if overlap(spec["folder"], folder):
                 raise Refused(f"'{shown}' is not allowed: its folder '{folder}' overlaps the folder "
-                              f"'{spec['folder']}' of '{Channel(other[:-1], None, False).shown}'")
+                              f"'{spec['folder']}' of '{shown_prefix(other)}'")
         channels[prefix + "/"] = {"folder": folder, "beta": beta}
     found = clash(list(channels))
     if found:
@@ -141,10 +153,6 @@ def parse_folder(raw: Any, shown: str) -> str:
     return folder
 
 
-def _nested(a: str, b: str) -> bool:
-    return a.startswith(b + "/") or b.startswith(a + "/")
-
-
 def _cut(text: str) -> str:
     """A refused value on one short line, any secret token in it masked."""
     text = re.sub(f"/{SECRET}/[A-Za-z0-9_-]+", f"/{SECRET}/***", text)
@@ -155,13 +163,13 @@ def _cut(text: str) -> str:
 def clash(prefixes: List[str], routes: Mapping[str, str] = {}) -> Optional[Tuple[str, str]]:  # noqa: B006
     """(the setting to blame, why) when a prefix would hide another's paths: '/a/' and '/a/b/', or a channel's
     and a route's ('/download'); else None. `routes` maps the other settings' names to their prefixes."""
-    shown = [(p.rstrip("/") + "/", "channels", f"'{Channel(p.rstrip('/'), None, False).shown}'", "")
-             for p in prefixes]
-    taken = shown + [(p + "/", name, f"'{p}'", f"{name} ") for name, p in routes.items() if p]
-    for number, (prefix, key, label, _) in enumerate(taken):
-        for other, _, other_label, other_name in taken[number + 1:]:
-            if prefix.startswith(other) or other.startswith(prefix):
-                return key, f"{label} is not allowed: it clashes with {other_name}{other_label}"
+    taken = [(p.rstrip("/"), "channels", f"'{shown_prefix(p)}'") for p in prefixes]
+    taken += [(p, name, f"'{p}'") for name, p in routes.items() if p]
+    for number, (prefix, key, label) in enumerate(taken):
+        for other, other_key, other_label in taken[number + 1:]:
+            if overlap(prefix, other):
+                named = other_label if other_key == "channels" else f"{other_key} {other_label}"
+                return key, f"{label} is not allowed: it clashes with {named}"
     return None
 
 
@@ -196,7 +204,7 @@ class Channels:
     def match(self, path: str) -> Optional[Tuple[Channel, str]]:
         """(the channel, the rest of the path) when `path` is under a channel's prefix."""
         for channel in self.prefixed:
-            if path.startswith(channel.prefix) and path[len(channel.prefix):len(channel.prefix) + 1] in ("", "/"):
+            if under(path, channel.prefix):
                 return channel, path[len(channel.prefix):]
         return None
 

@@ -1046,7 +1046,7 @@ def _check_packages_folder(folder: str, source: str) -> None:
 def _check_together(cfg: Mapping[str, Any]) -> None:
     """Rules that involve two settings."""
     download, static = cfg["router.download"], cfg["router.static"]
-    if _overlap(download, static):
+    if overlap(download, static):
         # blame the one the user changed
         key, value, other = ("router.static", static, "router.download")
         if static == BY_KEY["router.static"].default:
@@ -1054,13 +1054,13 @@ def _check_together(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"{key}: '{value}' is not allowed: a prefix apart from {other} ('{cfg[other]}')")
     accel = cfg["router.accel-redirect"]
     for other in ("router.download", "router.static"):  # nginx would pass the redirect back here: a loop
-        if accel and _overlap(accel, cfg[other]):
+        if accel and overlap(accel, cfg[other]):
             raise ConfigError(f"router.accel-redirect: '{accel}' is not allowed: a prefix apart from {other} "
                               f"('{cfg[other]}')")
 
 
-def _overlap(prefix: str, other: str) -> bool:
-    """Whether two URL prefixes share paths: one is the other or lies under it."""
+def overlap(prefix: str, other: str) -> bool:
+    """Whether two paths (URL prefixes, folders) share what lies under them: one is the other or lies under it."""
     return prefix == other or prefix.startswith(other + "/") or other.startswith(prefix + "/")
 
 

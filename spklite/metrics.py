@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from spklite.catalog import Catalog
+from spklite.channels import under
 
 TYPE_CHECKING = False  # annotations only: see spklite/__init__.py
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class Metrics:
         if path == "/":
             return "/"
         for route in self.routes:
-            if path.startswith(route) and path[len(route):len(route) + 1] in ("", "/"):
+            if under(path, route):
                 return route
         return OTHER
 
