@@ -132,6 +132,7 @@ class Package(
         """The inverse of to_json, with `texts` the table as a list; ValueError when `data` is not such a dict."""
         try:
             # Interned: each line's JSON makes its own copies of the keys and blob names, ~0.5 KiB a file.
+            # intern() also refuses (TypeError) whatever is not text: keys, icons and screenshots need no check.
             info = {intern(key): texts[number] for key, number in data["info"].items()}
             icon, icon_256 = (data[k] if data[k] is None else intern(data[k]) for k in ("icon", "icon_256"))
             screenshots, warnings = tuple(map(intern, data["screenshots"])), tuple(data["warnings"])
@@ -140,12 +141,7 @@ class Package(
             raise ValueError(f"not a package record: {exc!r}") from None
         # This runs for every record at each start-up: type() tests in plain loops
         # are the cheapest check (isinstance, all() and sets all cost more).
-        if not (
-            (icon is None or type(icon) is str)
-            and (icon_256 is None or type(icon_256) is str)
-            and type(flags[0]) is type(flags[1]) is type(flags[2]) is bool
-            and all_str(screenshots + warnings)
-        ):
+        if not (type(flags[0]) is type(flags[1]) is type(flags[2]) is bool and all_str(warnings)):
             raise ValueError("not a package record: a field has the wrong type")
         return cls(info, icon, icon_256, screenshots, *flags, warnings)
 
