@@ -229,17 +229,8 @@ def _parsed(text: str) -> Dict[str, str]:
 
 def accepts_gzip(header: str) -> bool:
     """Whether an Accept-Encoding header accepts gzip (RFC 9110 12.5.3): gzip or x-gzip with a q-value above 0,
-    else * above 0; `gzip;q=0` refuses it."""
-    return bool(header) and (_accepts_gzip_often(header) if len(header) <= MAX_REMEMBERED_QUERY
-                             else _accepts_gzip(header))
-
-
-@functools.lru_cache(maxsize=64)  # a client sends the same header every time; only short ones are kept
-def _accepts_gzip_often(header: str) -> bool:
-    return _accepts_gzip(header)
-
-
-def _accepts_gzip(header: str) -> bool:
+    else * above 0; `gzip;q=0` refuses it. (Parsed on a memo miss only: a request seen before, Accept-Encoding
+    included, is answered by CatalogFront without parsing.)"""
     weights: Dict[str, float] = {}
     for item in header.lower().split(","):
         coding, *params = (part.strip() for part in item.split(";"))
@@ -557,7 +548,8 @@ class CatalogFront:
         """A path under a channel's prefix: the prefix moves to SCRIPT_NAME and the channel into the environ,
         so that every route below works as at "/". Returns (status, headers, body) when the path is not to be
         routed."""
-        found = self.channels.match(environ.get("PATH_INFO", "")) if self.channels else None
+        assert self.channels is not None
+        found = self.channels.match(environ.get("PATH_INFO", ""))
         if found is None:
             return None
         channel, rest = found
