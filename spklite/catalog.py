@@ -277,7 +277,10 @@ class Catalog:
         )
         body = self._memo.get(key)
         if body is None:
-            body = gzipped(self.answer(query, links)) if gzip else self._render(query, links, None)
+            if gzip:  # compressed from the plain answer when the memo holds it
+                body = gzipped(self._memo.get(key[:-1] + (False,)) or self._render(query, links, None))
+            else:
+                body = self._render(query, links, None)
             with self._memo_lock:  # only on a miss: answers being computed
                 Catalog.memo_misses += 1
                 self._memo[key] = body

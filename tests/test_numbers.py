@@ -244,6 +244,17 @@ def test_metrics_parse_as_prometheus_text_and_move_with_requests(two, packages, 
     assert moved("spklite_sent_bytes_total") == sent
 
 
+def test_a_gzip_answer_counts_one_memo_lookup(two, packages, run_server):
+    """A compressed answer is one memo entry: its first request one miss, the same request again one hit."""
+    server = served(packages, run_server)
+    before, _ = scrape(server)
+    for _ in range(2):
+        status, headers, _ = request(server, DSM7, headers={"Accept-Encoding": "gzip"})
+        assert status == 200 and headers["content-encoding"] == "gzip"
+    after, _ = scrape(server)
+    assert after[("spklite_memo_misses_total", ())] - before.get(("spklite_memo_misses_total", ()), 0) == 1
+    assert after[("spklite_memo_hits_total", ())] - before.get(("spklite_memo_hits_total", ()), 0) == 1
+
 def test_metrics_off_counts_nothing_on_the_request_path(two, packages, run_server):
     server = served(packages, run_server, "--no-server-metrics")
     server.get(DSM7)
