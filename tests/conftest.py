@@ -177,4 +177,5 @@ def run_limited(run_server: Callable[..., Running]) -> Callable[..., Running]:
     """Like run_server, for a server that must not read what `lock` locked (also as root)."""
     if AS_ROOT and not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is needed to run a server without root's powers")
-    return lambda *args: run_server(*args, launcher=[*WITHOUT_ROOT_POWERS, sys.executable, "-m", "spklite"])
+    return lambda *args, **options: run_server(*args, launcher=[*WITHOUT_ROOT_POWERS, sys.executable, "-m", "spklite"],
+                                               **options)

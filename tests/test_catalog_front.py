@@ -88,10 +88,7 @@ def call(app: Callable[..., Any], method: str, query: str, host: str, scheme: st
 
 def test_channel_prefix_and_gzip_keep_remembered_answers_apart_and_metrics_count_them(tmp_path: Path, folder: Path):
     """/ and /beta/ serve the same folder (one catalog), gzip or not: the same query strings name four answers."""
-    cfg = settings(tmp_path / "home", **{"filesystem.packages": str(folder), "md5": False})
-    index = open_index(cfg)
-    index.scan()
-    front = make_app(cfg, index)
+    front, _, _ = front_and_reference(tmp_path, folder)
     query = "arch=apollolake&build=64570&major=7&minor=2&language=enu"
     kinds = [(path, gz) for path in ("/", "/beta/") for gz in ({}, {"HTTP_ACCEPT_ENCODING": "gzip"})]
     first = [call(front, "GET", query, "nas.lan", "http", b"", path, **gz) for path, gz in kinds]

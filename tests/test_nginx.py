@@ -11,26 +11,22 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import io
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import tarfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import pytest
 from conftest import TESTS, Running, free_port, wait_for
-from spkbuilder import build_broken, build_spk, info_text, make_png
+from nginx_process import NGINX, Nginx
+from spkbuilder import build_broken, build_spk
 
 SHIPPED = TESTS.parent / "contrib" / "nginx.conf"
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 OPENSSL = shutil.which("openssl")
 PROXY_ADDRESS = "127.0.0.2"  # where nginx connects from (proxy_bind): spklite's trusted proxy
 HOST = "spk.example.test"  # the name clients use (never resolved: sent as Host over a loopback connection)
@@ -71,55 +67,6 @@ def shipped_config(spklite_port: int, port: int, cert: Path, key: Path, packages
     internal = re.search(r"location (/\S+)/ \{\s*internal;", text)
     assert internal, "contrib/nginx.conf: no internal location"
     return text, internal.group(1)
-
-
-class Nginx:
-    """nginx in the foreground (daemon off), everything it writes under `prefix`, listening on `port`."""
-
-    def __init__(self, prefix: Path, server_block: str, port: int):
-        self.prefix, self.port = prefix, port
-        for folder in ("temp", "logs"):
-            (prefix / folder).mkdir(parents=True, exist_ok=True)
-        (prefix / "spklite.conf").write_text(server_block)
-        temp = "\n".join(f"    {kind}_temp_path {prefix}/temp/{kind};"
-                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        user = "user root root;\n" if os.geteuid() == 0 else ""  # else workers run as nobody: tmp_path is 0700
-        (prefix / "nginx.conf").write_text(
-            f"{user}worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log info;\n"
-            f"events {{ worker_connections 64; }}\n"
-            f"http {{\n    access_log {prefix}/logs/access.log;\n{temp}\n"
-            f"    default_type application/octet-stream;\n    include {prefix}/spklite.conf;\n}}\n")
-        self.argv = [str(NGINX), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                     "-e", str(prefix / "logs/error.log")]
-        check = subprocess.run([*self.argv, "-t"], capture_output=True, text=True, timeout=30)
-        assert check.returncode == 0, f"nginx -t refused contrib/nginx.conf:\n{check.stderr}"
-        self.proc = subprocess.Popen([*self.argv, "-g", "daemon off;"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.errors()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"nginx did not start:\n{self.errors()}") from None
-                time.sleep(0.05)
-
-    def errors(self) -> str:
-        path = self.prefix / "logs/error.log"
-        return path.read_text() if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, the master removes its pid file
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class Front:
@@ -178,24 +125,6 @@ def behind_nginx(tmp_path: Path, run_server: Callable[..., Running]) -> Iterator
         nginx.stop()
 
 
-def build_big_spk(path: Path, size: int) -> Path:
-    """A valid SPK of about `size` bytes of random data (any misplaced byte range shows)."""
-    info = {"package": "big", "version": "1.0-1", "arch": "noarch", "os_min_ver": "7.0-40000", "displayname": "Big"}
-    payload = path.parent / "payload.bin"
-    with open(payload, "wb") as fh:
-        for _ in range(size // MB):
-            fh.write(os.urandom(MB))
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (("INFO", info_text(info)), ("PACKAGE_ICON.PNG", make_png(72)),
-                           ("scripts/start-stop-status", b"#!/bin/sh\nexit 0\n")):
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-        tar.add(str(payload), arcname="package.tgz")
-    payload.unlink()
-    return path
-
-
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -203,7 +132,7 @@ def digest(data: bytes) -> str:
 def test_catalog_and_downloads_through_nginx(tmp_path: Path, behind_nginx: Callable[[Path], Front]) -> None:
     packages = tmp_path / "packages"
     (packages / "sub dir").mkdir(parents=True)
-    big = build_big_spk(packages / "big.spk", BIG)
+    big = build_spk(packages / "big.spk", {"package": "big", "displayname": "Big"}, package_tgz=os.urandom(BIG))
     build_spk(packages / "sub dir" / "small 100%.spk", {"package": "small"})
     build_spk(packages / "odd?#+;.spk", {"package": "odd"})  # URL delimiters in the name
     build_spk(packages / os.fsdecode(b"caf\xe9.spk"), {"package": "latin"})  # not UTF-8

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import pytest
-from conftest import wait_for
+from conftest import settings, wait_for
 from spkbuilder import build_spk
 
 from spklite import config
@@ -26,12 +26,11 @@ NO_BUILD = "/?unique=synology_apollolake_918%2B"
 
 
 @pytest.fixture
-def two(packages: Path) -> Tuple[Path, Path]:
-    a = build_spk(packages / "a.spk", {"package": "alpha", "version": "1.0-1", "arch": "noarch",
-                                       "os_min_ver": "7.0-40000"})
-    b = build_spk(packages / "b.spk", {"package": "bravo", "version": "2.0-1", "arch": "noarch",
-                                       "os_min_ver": "7.0-40000"})
-    return a, b
+def two(packages: Path) -> None:
+    build_spk(packages / "a.spk", {"package": "alpha", "version": "1.0-1", "arch": "noarch",
+                               "os_min_ver": "7.0-40000"})
+    build_spk(packages / "b.spk", {"package": "bravo", "version": "2.0-1", "arch": "noarch",
+                                   "os_min_ver": "7.0-40000"})
 
 
 def request(server: Any, path: str, method: str = "GET", headers: Optional[Dict[str, str]] = None
@@ -46,14 +45,14 @@ def request(server: Any, path: str, method: str = "GET", headers: Optional[Dict[
         conn.close()
 
 
-def served(packages: Path, run_server: Any, *args: str, **kwargs: Any) -> Any:
-    server = run_server("--packages", str(packages), *args, **kwargs)
-    wait_for(lambda: server.json("/health")["md5_pending"] == 0)  # counts are kept under a file's md5
+def served(packages: Path, run_server: Any, *args: str) -> Any:
+    server = run_server("--packages", str(packages), *args)
+    assert wait_for(lambda: server.json("/health")["md5_pending"] == 0)  # counts are kept under a file's md5
     return server
 
 
 def entries(server: Any, path: str = DSM7) -> Dict[str, Any]:
-    return {e["package"]: e for e in json.loads(server.get(path)[2])["packages"]}
+    return {e["package"]: e for e in server.json(path)["packages"]}
 
 
 def file_downloads(server: Any, package: str) -> Dict[str, int]:
@@ -91,11 +90,11 @@ def test_downloads_count_gets_of_the_whole_file_or_from_byte_0_and_survive_a_res
 
 def test_catalog_counts_refresh_at_the_interval(two, packages, run_server):
     server = served(packages, run_server, "--server-counts-interval", "1")
-    expected = json.loads(server.get(DSM7)[2])
+    expected = server.json(DSM7)
     server.get("/download/b.spk")
     assert wait_for(lambda: entries(server)["bravo"]["download_count"] == 1, timeout=5)
     expected["packages"][1]["download_count"] = 1  # bravo's; the rest of the answer as it was
-    assert json.loads(server.get(DSM7)[2]) == expected
+    assert server.json(DSM7) == expected
 
 
 def test_download_count_off_keeps_catalog_answers_free_of_per_instance_numbers(two, packages, run_server):
@@ -151,7 +150,7 @@ def test_stats_count_catalog_requests_by_platform_build_and_generation(two, pack
     server = served(packages, run_server)
     for path in (DSM7, DSM7, DSM6, DSM5, NO_BUILD):
         assert server.get(path)[0] == 200
-    request(server, "/", "POST", {"Content-Type": "application/x-www-form-urlencoded"})  # no parameters: 400
+    assert request(server, "/", "POST", {"Content-Type": "application/x-www-form-urlencoded"})[0] == 400
     stats = server.json("/v1/stats")
     assert stats["catalog"] == {
         "requests": 5,
@@ -205,6 +204,12 @@ def parse_prometheus(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]],
     return samples
 
 
+def change(before: Dict[Any, float], after: Dict[Any, float], name: str, **labels: str) -> float:
+    """How far a sample moved between two scrapes."""
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0) - before.get(key, 0)
+
+
 def scrape(server: Any) -> Tuple[Dict[Any, float], int]:
     status, headers, body = request(server, "/metrics")
     assert status == 200 and headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
@@ -229,8 +234,7 @@ def test_metrics_parse_as_prometheus_text_and_move_with_requests(two, packages, 
     after, _ = scrape(server)
 
     def moved(name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0) - before.get(key, 0)
+        return change(before, after, name, **labels)
 
     assert moved("spklite_requests_total", route="/", status="200") == 3
     assert moved("spklite_requests_total", route="/download", status="200") == 2  # the GET and the HEAD
@@ -252,8 +256,9 @@ def test_a_gzip_answer_counts_one_memo_lookup(two, packages, run_server):
         status, headers, _ = request(server, DSM7, headers={"Accept-Encoding": "gzip"})
         assert status == 200 and headers["content-encoding"] == "gzip"
     after, _ = scrape(server)
-    assert after[("spklite_memo_misses_total", ())] - before.get(("spklite_memo_misses_total", ()), 0) == 1
-    assert after[("spklite_memo_hits_total", ())] - before.get(("spklite_memo_hits_total", ()), 0) == 1
+    assert change(before, after, "spklite_memo_misses_total") == 1
+    assert change(before, after, "spklite_memo_hits_total") == 1
+
 
 def test_metrics_off_counts_nothing_on_the_request_path(two, packages, run_server):
     server = served(packages, run_server, "--no-server-metrics")
@@ -266,10 +271,10 @@ def test_metrics_off_counts_nothing_on_the_request_path(two, packages, run_serve
 
 def test_metrics_is_no_download_prefix(tmp_path):
     with pytest.raises(config.ConfigError, match="router.download"):
-        config.load({"home": str(tmp_path), "router.download": "/metrics"}, environ={}, create_file=False)
+        settings(tmp_path, **{"router.download": "/metrics"})
 
 
-def test_a_second_process_on_the_same_cache_folder_counts_in_memory_only(two, packages, run_server, tmp_path):
+def test_a_second_process_on_the_same_cache_folder_counts_in_memory_only(two, packages, run_server):
     first = served(packages, run_server, "--server-counts-interval", "1")
     second = served(packages, run_server, "--server-counts-interval", "1")  # the same home, so the same cache
     assert "another spklite counts downloads" in second.output()

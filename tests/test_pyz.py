@@ -319,3 +319,5 @@ def test_the_pyz_finds_the_cache_folder_spklite_uses(argv: List[str], environ: D
     found = load_tool("pyz_main").cache_folder(argv, environ)
     if namespace is not None:
         assert found == config.load(cli.given_flags(namespace), environ, create_file=False)["filesystem.cache"]
+    else:  # still a folder to use: the pyz then runs, and spklite says what is wrong with the command line
+        assert found == str(tmp_path / "user" / "spklite" / "cache")

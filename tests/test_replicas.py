@@ -15,8 +15,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,7 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
-from conftest import AS_ROOT, WITHOUT_ROOT_POWERS, Running, free_port, lock, unlock, wait_for
+from conftest import Running, free_port, lock, unlock, wait_for
+from nginx_process import NGINX, Nginx
 from spkbuilder import build_spk, make_png
 
 from spklite.index import printable
@@ -270,9 +269,11 @@ def difference(one: Tuple[int, Dict[str, str], bytes], other: Tuple[int, Dict[st
 # -- the tests ----------------------------------------------------------------------------------------
 
 
-def replica(run_server, tmp_path: Path, folder: Path, name: str) -> Running:
-    return run_server("--packages", str(folder), "--watch", "poll", "--poll-interval", POLL,
-                      "--hostname", HOSTNAME, "--no-download-count", home=tmp_path / name)
+def replica(run_server, tmp_path: Path, folder: Path, name: str, *flags: str, watch: str = "poll",
+            poll: str = POLL, **options: Any) -> Running:
+    """An instance as the README's "Running several instances" runs one: its own home, one --hostname."""
+    return run_server("--packages", str(folder), "--watch", watch, "--poll-interval", poll, "--hostname", HOSTNAME,
+                      "--no-download-count", *flags, home=tmp_path / name, **options)
 
 
 def test_replicas_on_one_folder_answer_byte_for_byte(tmp_path, run_server):
@@ -289,8 +290,7 @@ def test_replicas_on_one_folder_answer_byte_for_byte(tmp_path, run_server):
     time.sleep(1.1)  # a process started later writes its icons later: no date of its own may show
     # cold, after the changes, and watching with inotify (as on a copy on local disk): how a process learnt of
     # the folder does not show either
-    c = run_server("--packages", str(folder), "--watch", "inotify", "--hostname", HOSTNAME, "--no-download-count",
-                   home=tmp_path / "c")
+    c = replica(run_server, tmp_path, folder, "c", watch="inotify")
     a = replica(run_server, tmp_path, folder, "a")  # warm, from a snapshot older than the changes
     assert json.loads(ask(a, "GET", "/health")[2])["from_snapshot"] > 0
     settle([a, b, c], folder)  # b saw the changes by polling
@@ -322,24 +322,21 @@ def test_copies_of_one_folder_answer_alike(tmp_path, run_server):
         assert answers[0] == answers[1], f"{method} {path}:\n{answers[0][:2]}\n{answers[1][:2]}"
 
 
-def test_unreadable_folders_are_listed_alike_whatever_each_process_saw_first(tmp_path, run_server):
+def test_unreadable_folders_are_listed_alike_whatever_each_process_saw_first(tmp_path, run_limited):
     """/v1/rejected lists unreadable folders by name: a process that met one later (a watch event) lists it
     where a process started after it does."""
-    if AS_ROOT and not shutil.which("setpriv"):
-        pytest.skip("setpriv (util-linux) is needed to run a server without root's powers")
     folder = tmp_path / "shared"
     put(folder, "ok.spk", {"package": "ok"})
     late, early = tmp_path / "staging" / "a-late", folder / "b-early"
     (late / "locked").mkdir(parents=True)
     early.mkdir()
-    launcher = [*WITHOUT_ROOT_POWERS, sys.executable, "-m", "spklite"]
     try:
         lock(early)
         lock(late / "locked")
-        first = run_server("--packages", str(folder), home=tmp_path / "first", launcher=launcher)
+        first = run_limited("--packages", str(folder), home=tmp_path / "first")
         os.rename(late, folder / "a-late")  # its unreadable folder is met by the watch, after b-early
         assert wait_for(lambda: len(first.json("/v1/rejected")) == 2)
-        second = run_server("--packages", str(folder), home=tmp_path / "second", launcher=launcher)
+        second = run_limited("--packages", str(folder), home=tmp_path / "second")
         assert first.get("/v1/rejected")[2] == second.get("/v1/rejected")[2]
         assert [r["file"] for r in second.json("/v1/rejected")] == ["a-late/locked/", "b-early/"]
     finally:
@@ -375,8 +372,8 @@ def test_an_upload_on_one_instance_survives_another_instance_starting(tmp_path, 
                      package_tgz=os.urandom(48 << 20)).read_bytes()
 
     def instance(name: str) -> Running:
-        return run_server("--packages", str(folder), "--watch", "poll", "--poll-interval", POLL, "--hostname",
-                          HOSTNAME, "--publish-key", ENTRY, home=tmp_path / name, env={"TMPDIR": str(tmp_path / "tmp")})
+        return replica(run_server, tmp_path, folder, name, "--publish-key", ENTRY,
+                       env={"TMPDIR": str(tmp_path / "tmp")})
 
     first = instance("first")
     for _ in range(5):  # caught while it copies the body into the publish folder (else try again)
@@ -412,9 +409,6 @@ def test_an_upload_on_one_instance_survives_another_instance_starting(tmp_path, 
 
 # -- behind nginx: the README's upstream example ---------------------------------------------------------
 
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-
-
 def readme_upstream(ports: List[int], port: int) -> str:
     """The nginx example of the README's "Running several instances", its addresses made these loopback ones."""
     readme = (Path(__file__).parent.parent / "README.md").read_text()
@@ -433,24 +427,11 @@ def test_behind_the_readme_nginx_a_file_one_instance_does_not_know_yet_downloads
     folder = tmp_path / "shared"
     put(folder, "first.spk", {"package": "first"})
     quick = replica(run_server, tmp_path, folder, "quick")
-    slow = run_server("--packages", str(folder), "--watch", "poll", "--poll-interval", "600", "--hostname",
-                      HOSTNAME, home=tmp_path / "slow")  # sees the folder as it was at its start
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
+    slow = replica(run_server, tmp_path, folder, "slow", poll="600")  # sees the folder as it was at its start
     port = free_port()
-    temps = "".join(f"{kind}_temp_path {prefix}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
-                                                                          "scgi"))
-    user = "user root root;\n" if os.geteuid() == 0 else ""  # else its workers (nobody) cannot use tmp_path
-    (prefix / "nginx.conf").write_text(
-        f"{user}worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log;\n"
-        f"events {{ worker_connections 64; }}\nhttp {{\naccess_log off;\n{temps}"
-        f"{readme_upstream([quick.port, slow.port], port)}}}\n")
-    nginx = subprocess.Popen([str(NGINX), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e",
-                              str(prefix / "logs/error.log"), "-g", "daemon off;"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = Nginx(tmp_path / "nginx", readme_upstream([quick.port, slow.port], port), port)
     try:
         front = SimpleNamespace(url=f"http://127.0.0.1:{port}")  # what `ask` needs of a server
-        assert wait_for(lambda: _answers(front, "/about"), timeout=15), (prefix / "logs/error.log").read_text()
         settle([quick, slow], folder)
         for path, accept in (("/?" + urlencode(DSM7_GET[0]), "*/*"), ("/v1/packages", "*/*"), ("/", "text/html")):
             # each instance answers every other request
@@ -465,16 +446,4 @@ def test_behind_the_readme_nginx_a_file_one_instance_does_not_know_yet_downloads
         assert [status for status, _, _ in got] == [200] * 6  # round robin: every other one asked `slow` first
         assert all(body == late.read_bytes() for _, _, body in got)
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
-
-
-def _answers(server: Any, path: str) -> bool:
-    try:
-        return ask(server, "GET", path)[0] == 200
-    except OSError:
-        return False
+        nginx.stop()

@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from typing import List
 
 import pytest
 from conftest import read_snapshot, wait_for
@@ -129,16 +130,19 @@ def test_threads_share_two_malloc_arenas(run_server, packages):
         build_spk(packages / f"p{n}.spk", {"package": f"p{n}", "description": "d" * 2000})
     server = run_server("--packages", str(packages), "--threads", "8")
 
+    answered: List[int] = []
+
     def client(n: int) -> None:
         for i in range(30):
-            server.get(f"/?arch=apollolake&build={40000 + n * 100 + i}&language=l{i}&unique=u{n}")
-            server.get(f"/download/p{(n + i) % 20}.spk")
+            answered.append(server.get(f"/?arch=apollolake&build={40000 + n * 100 + i}&language=l{i}&unique=u{n}")[0])
+            answered.append(server.get(f"/download/p{(n + i) % 20}.spk")[0])
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert answered == [200] * 8 * 30 * 2  # every thread did its work (a thread's exception is only a warning)
     assert server.get(DSM7)[0] == 200
     assert malloc_heaps(server.proc.pid) <= 1
 
@@ -157,11 +161,18 @@ def test_parallel_downloads_hold_little_memory(run_server, packages):
     assert len(server.get("/download/big.spk")[2]) > 24 << 20
     before = peak = rss_kib(pid)
 
+    received: List[int] = []
+
     def download() -> None:
+        got = 0
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(b"GET /download/big.spk HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            while sock.recv(1 << 16):
-                pass
+            while True:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
+                got += len(chunk)
+        received.append(got)
 
     threads = [threading.Thread(target=download) for _ in range(8)]
     for thread in threads:
@@ -172,5 +183,6 @@ def test_parallel_downloads_hold_little_memory(run_server, packages):
         time.sleep(0.005)
     for thread in threads:
         thread.join(30)
+    assert len(received) == 8 and min(received) > 24 << 20, received  # each download whole: memory was tested
     print(f"RSS {before / 1024:.1f} -> peak {peak / 1024:.1f} MiB")
     assert (peak - before) / 1024 < 12, f"RSS {before / 1024:.1f} -> peak {peak / 1024:.1f} MiB"

@@ -46,7 +46,6 @@ def test_kill_9_during_downloads_and_count_writes_loses_and_doubles_nothing(pack
     rng = random.Random(14)
     trials = sized(6, 40)
     sent_total = received_total = 0
-    counted = 0
     for trial in range(trials):
         server = run_server("--packages", str(packages), "--server-counts-interval", "1")
         assert wait_for(lambda s=server: s.json("/health")["md5_pending"] == 0)
