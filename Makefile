@@ -42,7 +42,7 @@ pyz: $(STAMP)
 spk: pyz
 	$(BIN)/python tools/build_spk.py --pyz dist/spklite.pyz -o dist
 
-# The benchmark (issues 3 and 4): builds its corpora in /tmp, prints one markdown table (~16 min).
+# The benchmark (issues 3 and 4): builds its corpora in /tmp, prints one markdown table (~15 min).
 # BENCH_ARGS="--runs 5 --keep" etc.; see `$(BIN)/python bench/run.py --help`.
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
